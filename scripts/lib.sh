@@ -54,8 +54,9 @@ install_packages() {
 configure_and_build() {
     local build_dir=$1
     shift
-    cmake -S "$SAMPLEX_ROOT" -B "$build_dir" -DSAMPLEX_WERROR=ON "$@" >"$build_dir.configure.log" 2>&1 \
-        || { cat "$build_dir.configure.log" >&2; return 1; }
+    mkdir -p "$build_dir"
+    cmake -S "$SAMPLEX_ROOT" -B "$build_dir" -DSAMPLEX_WERROR=ON "$@" >"$build_dir/samplex-configure.log" 2>&1 \
+        || { cat "$build_dir/samplex-configure.log" >&2; return 1; }
     cmake --build "$build_dir" -j"$(nproc)"
 }
 

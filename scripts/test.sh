@@ -17,10 +17,16 @@ cd "$SAMPLEX_ROOT"
 pg_dir=""
 summary=()
 failures=0
+summary_printed=0
 started=$SECONDS
 
 cleanup() {
     local status=$?
+    if ((!summary_printed && status != 0)); then
+        summary+=("$(printf '%-14s (exit %d)' interrupted "$status")")
+        failures=$((failures + 1))
+        print_summary
+    fi
     if [[ -n $pg_dir ]]; then
         bash "$SAMPLEX_ROOT/scripts/pg.sh" stop "$pg_dir" || true
         rm -rf "$pg_dir"
@@ -50,18 +56,19 @@ step() {
 run_ctest() {
     local build_dir=$1 status=0
     ctest --test-dir "$build_dir" --output-on-failure -j2 --no-tests=error \
-        2>&1 | tee "$build_dir.ctest.log" || status=$?
-    grep -E 'tests passed|No tests were found' "$build_dir.ctest.log" \
-        | sed "s|^|  $build_dir: |" >>"$build_dir.verdict" || true
+        2>&1 | tee "$build_dir/samplex-ctest.log" || status=$?
+    grep -E 'tests passed|No tests were found' "$build_dir/samplex-ctest.log" \
+        | sed "s|^|  $build_dir: |" >"$build_dir/samplex-verdict" || true
     return "$status"
 }
 
 print_summary() {
     local line
+    summary_printed=1
     echo
     echo "==================== samplex test summary ===================="
     for line in "${summary[@]}"; do echo "  $line"; done
-    cat build.verdict build-asan.verdict 2>/dev/null || true
+    cat build/samplex-verdict build-asan/samplex-verdict 2>/dev/null || true
     if ((failures == 0)); then
         echo "  ALL OK in $((SECONDS - started)) s"
     else
@@ -70,7 +77,7 @@ print_summary() {
     echo "=============================================================="
 }
 
-rm -f build.verdict build-asan.verdict
+rm -f build/samplex-verdict build-asan/samplex-verdict
 
 step install install_packages "${SAMPLEX_PACKAGES[@]}" || { print_summary; exit 1; }
 
