@@ -29,7 +29,12 @@ if [[ $command == env ]]; then
 fi
 
 _pg_check_dir "$dir"
-mkdir -p "$dir"
+case $command in
+    start) mkdir -p "$dir" ;;
+    stop | kill) [[ -d $dir ]] || exit 0 ;; # nothing runs there
+    restart) [[ -d $dir ]] || die "pg: no such directory: $dir" ;;
+    *) usage ;;
+esac
 exec 9>"$dir/lock"
 flock 9
 
