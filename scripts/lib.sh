@@ -15,7 +15,7 @@
 # Everything the build, the tests and the demo need (Debian 12 names).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 SAMPLEX_PACKAGES=(build-essential cmake pkg-config clang liburing-dev libpq-dev postgresql
-                  libcmocka-dev libuv1-dev libtelnet-dev gnuplot-nox telnet valgrind)
+                  libcmocka-dev libuv1-dev libtelnet-dev gnuplot-nox telnet valgrind python3)
 SAMPLEX_PG_BIN=${SAMPLEX_PG_BIN:-/usr/lib/postgresql/15/bin}
 SAMPLEX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
