@@ -49,6 +49,15 @@ struct PlexOp {
         struct sockaddr_storage address;
         struct msghdr message;
         uint64_t counter;
+        struct {                 /* network: a send over a few chunks */
+            struct msghdr message;
+            struct iovec iov[4];
+        } send;
+        struct {                 /* an adapter's own queue while the op is */
+            PlexOp *next;        /* not lent to the kernel (network: writes */
+            uint64_t offset;     /* waiting for the send in flight) */
+            uint64_t length;
+        } queued;
     } storage;
     socklen_t address_length;
     struct __kernel_timespec deadline; /* for a linked timeout (read at submit) */
@@ -137,6 +146,22 @@ void plex_loop_op_put_delivered(PlexEventLoop *loop, PlexOp *op);
 /* An SQE to fill, with user_data set to `op` (0 when op is NULL). Submits
  * what is queued when the ring is full. NULL only if the ring is broken. */
 struct io_uring_sqe *plex_loop_sqe(PlexEventLoop *loop, PlexOp *op);
+
+/* Makes an internal op (item NULL) keep the loop alive like a step's op:
+ * for work nobody waits on that must still finish (a fire-and-forget send,
+ * a close). Undone by plex_loop_op_put. */
+static inline void plex_loop_op_keep_alive(PlexEventLoop *loop, PlexOp *op)
+{
+    if (op->flags & PLEX_OP_INTERNAL) {
+        op->flags &= ~PLEX_OP_INTERNAL;
+        loop->ops_alive++;
+    }
+}
+
+/* Makes room for `count` SQEs in a row, submitting what is queued if the SQ
+ * ring is short, so a linked chain never straddles a submit. 0 or a negative
+ * errno. */
+int plex_loop_sq_reserve(PlexEventLoop *loop, unsigned count);
 
 /* Asks the kernel to cancel `op`; its completion still arrives (usually
  * -ECANCELED) and the adapter frees it then. Idempotent. */

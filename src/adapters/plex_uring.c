@@ -133,6 +133,18 @@ struct io_uring_sqe *plex_loop_sqe(PlexEventLoop *loop, PlexOp *op)
     return sqe;
 }
 
+int plex_loop_sq_reserve(PlexEventLoop *loop, unsigned count)
+{
+    if (io_uring_sq_space_left(&loop->ring) >= count)
+        return 0;
+    int rc = io_uring_submit(&loop->ring);
+    if (rc > 0)
+        loop->stats.submissions += (uint64_t)rc;
+    if (io_uring_sq_space_left(&loop->ring) < count)
+        return rc < 0 ? rc : -EBUSY;
+    return 0;
+}
+
 void plex_loop_cancel(PlexEventLoop *loop, PlexOp *op)
 {
     if (op->flags & PLEX_OP_CANCELLING)
