@@ -15,9 +15,7 @@
 #include "plex.h"
 #include "plex_uring.h"
 #include "plex_timer.h"
-#if __has_include("plex_network.h")
 #include "plex_network.h"
-#endif
 #if __has_include("plex_postgres.h")
 #include "plex_postgres.h"
 #endif

@@ -1,0 +1,382 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * PlexConnection reads (multishot receive into the loop's provided buffers)
+ * and writes (a queue of chunks with one send in flight).
+ *
+ * Invariants:
+ * - A read is one op from plex_connection_read to its last call, which is
+ *   always on_error (PLEX_EEOF, -ECANCELED, the socket's error). The kernel
+ *   may end the multishot receive early (no IORING_CQE_F_MORE: a full CQ,
+ *   -ENOBUFS); the same op is then armed again. A buffer goes back to the
+ *   ring as soon as its handler returns, so by the time the loop submits the
+ *   re-armed receive, every buffer of the batch just reaped is back: an
+ *   -ENOBUFS is retried on the next iteration, never in a spin.
+ * - Output is sent in order: chunks are sent from the head, the send covers
+ *   at most NET_SEND_IOVECS chunks, a short send consumes what was sent and
+ *   the next send starts from there. Write ops are queued in order with the
+ *   stream offset their last byte reaches; each succeeds when bytes_sent
+ *   passes it. While output is queued, a send op exists (armed in the
+ *   kernel, or being completed); when the connection stops sending (error,
+ *   abort) the remaining writes fail and the output is dropped.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+
+#include "adapters/network_internal.h"
+
+/* ---- Read -------------------------------------------------------------- */
+
+static void read_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe);
+
+static int read_arm(PlexConnection *conn, PlexOp *op)
+{
+    PlexEventLoop *loop = conn->loop;
+    struct io_uring_sqe *sqe = plex_loop_sqe(loop, op);
+    if (!sqe)
+        return -EBUSY;
+    if (loop->has_recv_multishot)
+        io_uring_prep_recv_multishot(sqe, conn->fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv(sqe, conn->fd, NULL, loop->buffers.size, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = (uint16_t)loop->buffers.group_id;
+    conn->flags |= CONN_READ_ARMED;
+    return 0;
+}
+
+int plex_connection_read(PlexConnection *conn, PlexItem *item)
+{
+    if (!conn || !item)
+        return -EINVAL;
+    if (conn->state != CONN_OPEN)
+        return -ENOTCONN;
+    if (conn->read_op)
+        return -EALREADY;
+    int rc = plex_loop_buffers_ensure(conn->loop);
+    if (rc < 0)
+        return rc;
+    PlexOp *op = plex_loop_op_get(conn->loop, read_complete, item, conn);
+    if (!op)
+        return -errno;
+    rc = read_arm(conn, op);
+    if (rc < 0) {
+        plex_loop_op_put(conn->loop, op);
+        return rc;
+    }
+    conn->read_op = op;
+    return 0;
+}
+
+void conn_read_cancel(PlexConnection *conn)
+{
+    conn->flags |= CONN_READ_STOP;
+    if (conn->flags & CONN_READ_ARMED)
+        plex_loop_cancel(conn->loop, conn->read_op);
+}
+
+int plex_connection_read_stop(PlexConnection *conn)
+{
+    if (!conn)
+        return -EINVAL;
+    if (!conn->read_op)
+        return -ENOENT;
+    if (conn->flags & CONN_READ_STOP)
+        return -EALREADY;
+    conn_read_cancel(conn);
+    return 0;
+}
+
+static void read_deliver(PlexConnection *conn, PlexOp *op, const struct io_uring_cqe *cqe)
+{
+    PlexEventLoop *loop = conn->loop;
+    unsigned buffer_id = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    PlexEvent event = {.result = cqe->res,
+                       .flags = PLEX_EVENT_MORE, /* the last call is always an error */
+                       .data = plex_loop_buffer(loop, buffer_id),
+                       .length = (size_t)cqe->res,
+                       .connection = conn};
+    plex_loop_deliver(op->item, &event, false);
+    plex_loop_buffer_recycle(loop, buffer_id);
+}
+
+/* What ends the read after a completion the kernel will not follow up:
+ * 0 to arm it again, else the last call's result. */
+static int read_outcome(const PlexConnection *conn, const PlexOp *op, int res)
+{
+    if (conn->state != CONN_OPEN || (conn->flags & CONN_READ_STOP) || conn->loop->destroying ||
+        !plex_is_alive(plex_item_plex(op->item)))
+        return -ECANCELED;
+    if (res == 0)
+        return PLEX_EEOF;
+    if (res > 0 || res == -ENOBUFS)
+        return 0;
+    return res;
+}
+
+static void read_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
+{
+    PlexConnection *conn = op->owner;
+    conn_hold(conn);
+    if (cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER))
+        read_deliver(conn, op, cqe);
+    if (cqe->flags & IORING_CQE_F_MORE) {
+        /* Still armed; a flow that ended meanwhile stops reading. */
+        if (!plex_is_alive(plex_item_plex(op->item)))
+            conn_read_cancel(conn);
+        conn_unhold(conn);
+        return;
+    }
+    conn->flags &= (uint8_t)~CONN_READ_ARMED;
+    int outcome = read_outcome(conn, op, cqe->res);
+    if (outcome == 0)
+        outcome = read_arm(conn, op);
+    if (outcome != 0) {
+        conn->read_op = NULL;
+        conn->flags &= (uint8_t)~CONN_READ_STOP;
+        conn_deliver(conn, op->item, outcome, 0, true);
+        plex_loop_op_put_delivered(loop, op);
+    }
+    conn_unhold(conn);
+}
+
+/* ---- Output queue ------------------------------------------------------ */
+
+static size_t chunk_room(const NetChunk *chunk)
+{
+    return chunk ? NET_CHUNK_CAPACITY - chunk->end : 0;
+}
+
+/* Copies bytes into the tail chunk and new chunks. All or nothing. */
+static int output_append(PlexConnection *conn, const unsigned char *bytes, size_t length)
+{
+    size_t room = chunk_room(conn->out_tail);
+    NetChunk *first = NULL, *last = NULL;
+    for (size_t needed = length > room ? length - room : 0; needed > 0;) {
+        NetChunk *chunk = net_chunk_get(conn->loop);
+        if (!chunk) {
+            for (NetChunk *next; first; first = next) {
+                next = first->next;
+                net_chunk_put(conn->loop, first);
+            }
+            return -ENOMEM;
+        }
+        *(first ? &last->next : &first) = chunk;
+        last = chunk;
+        needed -= needed < NET_CHUNK_CAPACITY ? needed : NET_CHUNK_CAPACITY;
+    }
+    conn->queued_end += length;
+    size_t part = length < room ? length : room;
+    if (part) {
+        memcpy(conn->out_tail->data + conn->out_tail->end, bytes, part);
+        conn->out_tail->end += (uint32_t)part;
+    }
+    for (NetChunk *chunk = first; chunk; chunk = chunk->next) {
+        bytes += part;
+        length -= part;
+        part = length < NET_CHUNK_CAPACITY ? length : NET_CHUNK_CAPACITY;
+        memcpy(chunk->data, bytes, part);
+        chunk->end = (uint32_t)part;
+    }
+    if (first) {
+        *(conn->out_tail ? &conn->out_tail->next : &conn->out_head) = first;
+        conn->out_tail = last;
+    }
+    return 0;
+}
+
+/* `sent` bytes left the queue: advance, freeing emptied chunks. */
+static void output_consume(PlexConnection *conn, size_t sent)
+{
+    conn->bytes_sent += sent;
+    while (sent > 0) {
+        NetChunk *chunk = conn->out_head;
+        size_t part = chunk->end - chunk->start;
+        part = sent < part ? sent : part;
+        chunk->start += (uint32_t)part;
+        sent -= part;
+        if (chunk->start == chunk->end) {
+            conn->out_head = chunk->next;
+            if (!conn->out_head)
+                conn->out_tail = NULL;
+            net_chunk_put(conn->loop, chunk);
+        }
+    }
+}
+
+void conn_output_drop(PlexConnection *conn)
+{
+    while (conn->out_head) {
+        NetChunk *chunk = conn->out_head;
+        conn->out_head = chunk->next;
+        net_chunk_put(conn->loop, chunk);
+    }
+    conn->out_tail = NULL;
+    conn->queued_end = conn->bytes_sent;
+}
+
+/* ---- Write ops --------------------------------------------------------- */
+
+static void write_deliver(PlexConnection *conn, PlexOp *op, int result)
+{
+    PlexEvent event = {.result = result,
+                       .length = result >= 0 ? (size_t)op->storage.queued.length : 0,
+                       .connection = conn};
+    plex_loop_deliver(op->item, &event, true);
+    plex_loop_op_put_delivered(conn->loop, op);
+}
+
+static PlexOp *writes_pop(PlexConnection *conn)
+{
+    PlexOp *op = conn->writes_head;
+    conn->writes_head = op->storage.queued.next;
+    if (!conn->writes_head)
+        conn->writes_tail = NULL;
+    return op;
+}
+
+static void writes_push(PlexConnection *conn, PlexOp *op, size_t length)
+{
+    op->storage.queued.next = NULL;
+    op->storage.queued.offset = conn->queued_end;
+    op->storage.queued.length = length;
+    *(conn->writes_tail ? &conn->writes_tail->storage.queued.next : &conn->writes_head) = op;
+    conn->writes_tail = op;
+}
+
+/* Writes whose last byte is on the socket succeed, in order. A handler may
+ * write more: that lands behind, with a larger offset. */
+static void writes_succeed(PlexConnection *conn)
+{
+    while (conn->writes_head && conn->writes_head->storage.queued.offset <= conn->bytes_sent) {
+        PlexOp *op = writes_pop(conn);
+        write_deliver(conn, op, (int)op->storage.queued.length);
+    }
+}
+
+static void writes_fail(PlexConnection *conn, int error)
+{
+    while (conn->writes_head)
+        write_deliver(conn, writes_pop(conn), error);
+}
+
+/* ---- Send -------------------------------------------------------------- */
+
+static void send_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe);
+
+static void send_prep(PlexConnection *conn, PlexOp *op, struct io_uring_sqe *sqe)
+{
+    NetChunk *chunk = conn->out_head;
+    conn->flags |= CONN_SEND_ARMED;
+    if (!chunk->next) {
+        io_uring_prep_send(sqe, conn->fd, chunk->data + chunk->start, chunk->end - chunk->start,
+                           MSG_NOSIGNAL);
+        return;
+    }
+    unsigned count = 0;
+    for (; chunk && count < NET_SEND_IOVECS; chunk = chunk->next, count++) {
+        op->storage.send.iov[count].iov_base = chunk->data + chunk->start;
+        op->storage.send.iov[count].iov_len = chunk->end - chunk->start;
+    }
+    op->storage.send.message =
+        (struct msghdr){.msg_iov = op->storage.send.iov, .msg_iovlen = count};
+    io_uring_prep_sendmsg(sqe, conn->fd, &op->storage.send.message, MSG_NOSIGNAL);
+}
+
+static bool send_continues(const PlexConnection *conn)
+{
+    return conn->out_head && !conn->error && !conn->loop->destroying &&
+           (conn->state == CONN_OPEN || conn->state == CONN_CLOSING);
+}
+
+static void send_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
+{
+    PlexConnection *conn = op->owner;
+    conn_hold(conn);
+    conn->flags &= (uint8_t)~CONN_SEND_ARMED;
+    if (cqe->res > 0)
+        output_consume(conn, (size_t)cqe->res);
+    else if (!conn->error)
+        conn->error = cqe->res < 0 ? cqe->res : -EPIPE; /* 0 bytes of a non-empty send */
+    writes_succeed(conn);
+    struct io_uring_sqe *sqe = send_continues(conn) ? plex_loop_sqe(loop, op) : NULL;
+    if (sqe) {
+        send_prep(conn, op, sqe);
+    } else {
+        int error = conn->state == CONN_ABORTING || !conn->error ? -ECANCELED : conn->error;
+        conn->send_op = NULL;
+        conn_output_drop(conn);
+        plex_loop_op_put(loop, op);
+        writes_fail(conn, error);
+    }
+    conn_unhold(conn);
+}
+
+void conn_send_cancel(PlexConnection *conn)
+{
+    if (conn->flags & CONN_SEND_ARMED)
+        plex_loop_cancel(conn->loop, conn->send_op);
+}
+
+static int write_check(const PlexConnection *conn, const void *data, size_t length)
+{
+    if (!data || length == 0 || length > INT_MAX)
+        return -EINVAL;
+    if (conn->state != CONN_OPEN)
+        return -ENOTCONN;
+    if (conn->error)
+        return conn->error;
+    if (plex_connection_bytes_queued(conn) + length > conn->write_cap)
+        return -ENOBUFS;
+    return 0;
+}
+
+/* The send op and its SQE, taken before the bytes are queued so that a
+ * failure leaves nothing behind. */
+static int send_reserve(PlexConnection *conn, PlexOp **op, struct io_uring_sqe **sqe)
+{
+    *op = plex_loop_op_get(conn->loop, send_complete, NULL, conn);
+    if (!*op)
+        return -ENOMEM;
+    plex_loop_op_keep_alive(conn->loop, *op);
+    *sqe = plex_loop_sqe(conn->loop, *op);
+    if (!*sqe) {
+        plex_loop_op_put(conn->loop, *op);
+        return -EBUSY;
+    }
+    return 0;
+}
+
+int plex_connection_write(PlexConnection *conn, PlexItem *item, const void *data, size_t length)
+{
+    if (!conn)
+        return -EINVAL;
+    int rc = write_check(conn, data, length);
+    if (rc < 0)
+        return rc;
+    PlexOp *write_op = NULL, *send_op = NULL;
+    struct io_uring_sqe *sqe = NULL;
+    if (item && !(write_op = plex_loop_op_get(conn->loop, NULL, item, conn)))
+        return -errno;
+    if (!conn->send_op)
+        rc = send_reserve(conn, &send_op, &sqe);
+    if (rc == 0)
+        rc = output_append(conn, data, length);
+    if (rc < 0) {
+        if (sqe) {
+            io_uring_prep_nop(sqe);
+            io_uring_sqe_set_data(sqe, NULL);
+            plex_loop_op_put(conn->loop, send_op);
+        }
+        if (write_op)
+            plex_loop_op_put(conn->loop, write_op);
+        return rc;
+    }
+    if (write_op)
+        writes_push(conn, write_op, length);
+    if (send_op) {
+        conn->send_op = send_op;
+        send_prep(conn, send_op, sqe);
+    }
+    return 0;
+}
