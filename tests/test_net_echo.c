@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Round trips through an engine echo server and engine clients: 1 B, 1 KiB,
+ * 16 MiB (content checked byte for byte), 1,000 concurrent clients, IPv6
+ * and a resolved name; every handler and cleanup counted exactly once; the
+ * loop and registry end clean.
+ */
+#include <sys/resource.h>
+
+#include "net_support.h"
+
+typedef struct Fixture {
+    PlexRegistry *registry;
+    PlexEventLoop *loop;
+    EchoServer server;
+} Fixture;
+
+static int setup(void **state)
+{
+    Fixture *fixture = calloc(1, sizeof(*fixture));
+    fixture->registry = plex_registry_create();
+    assert_non_null(fixture->registry);
+    fixture->loop = plex_event_loop_create(fixture->registry);
+    assert_non_null(fixture->loop);
+    *state = fixture;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    Fixture *fixture = *state;
+    plex_event_loop_destroy(fixture->loop);
+    assert_int_equal(plex_registry_count(fixture->registry), 0);
+    plex_registry_destroy(fixture->registry);
+    free(fixture);
+    return 0;
+}
+
+static int clients_ended(const EchoClient *client, int clients)
+{
+    int ended = 0;
+    for (int i = 0; i < clients; i++)
+        ended += client[i].ends;
+    return ended;
+}
+
+/* Echoes `clients` payloads of `length` bytes at once, then stops the
+ * server; checks every count. */
+static void round_trip(Fixture *fixture, size_t length, int clients)
+{
+    unsigned ops_before = net_ops_in_use(fixture->loop);
+    fixture->server.write_cap = length > PLEX_CONNECTION_DEFAULT_WRITE_CAP ? 2 * length : 0;
+    echo_server_start(&fixture->server, fixture->registry, fixture->loop, NULL);
+    unsigned char *payload = net_payload(length);
+    EchoClient *client = calloc((size_t)clients, sizeof(*client));
+    for (int i = 0; i < clients; i++) {
+        client[i].payload = payload;
+        client[i].length = length;
+        echo_client_start(&client[i], fixture->registry, fixture->loop, fixture->server.port);
+    }
+    NET_RUN_UNTIL(fixture->loop, fixture->server.sessions_ended == clients);
+    NET_RUN_UNTIL(fixture->loop, clients_ended(client, clients) == clients);
+    for (int i = 0; i < clients; i++)
+        echo_client_check(&client[i]);
+    EchoServer *server = &fixture->server;
+    assert_int_equal(server->accepted, clients);
+    assert_int_equal(server->read_eofs, clients);
+    assert_int_equal(server->closes, clients);
+    assert_int_equal(server->session_cleanups, 3 * clients);
+    echo_server_stop(server);
+    assert_int_equal(net_ops_in_use(fixture->loop), ops_before);
+    free(client);
+    free(payload);
+}
+
+static void test_one_byte(void **state)
+{
+    round_trip(*state, 1, 1);
+}
+
+static void test_one_kibibyte(void **state)
+{
+    round_trip(*state, 1024, 1);
+}
+
+static void test_sixteen_mebibytes(void **state)
+{
+    round_trip(*state, 16u << 20, 1);
+}
+
+static void raise_descriptor_limit(rlim_t wanted)
+{
+    struct rlimit limit;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &limit), 0);
+    if (limit.rlim_cur >= wanted)
+        return;
+    if (limit.rlim_max < wanted) {
+        print_message("skipping: RLIMIT_NOFILE hard limit %lu < %lu\n",
+                      (unsigned long)limit.rlim_max, (unsigned long)wanted);
+        skip();
+    }
+    limit.rlim_cur = wanted;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &limit), 0);
+}
+
+static void test_thousand_clients(void **state)
+{
+    raise_descriptor_limit(2200); /* both ends of 1,000 connections */
+    round_trip(*state, 64, 1000);
+}
+
+/* An IPv6 literal listener and a client resolving "localhost". */
+static void test_ipv6_and_names(void **state)
+{
+    Fixture *fixture = *state;
+    Plex *flow = plex_create(fixture->registry, "v6");
+    PlexListener *listener = plex_listener_create(flow, "::1", 0, NULL);
+    if (!listener) {
+        plex_destroy(flow);
+        skip(); /* no IPv6 loopback here */
+    }
+    struct sockaddr_storage address;
+    socklen_t length = sizeof(address);
+    assert_int_equal(getsockname(plex_listener_fd(listener), (struct sockaddr *)&address, &length),
+                     0);
+    assert_int_equal(address.ss_family, AF_INET6);
+    assert_int_equal(plex_destroy(flow), 0);
+
+    echo_server_start(&fixture->server, fixture->registry, fixture->loop, NULL);
+    Plex *client_flow = plex_create(fixture->registry, "named");
+    PlexConnection *conn = plex_connection_create(client_flow, "localhost", fixture->server.port);
+    assert_non_null(conn);
+    assert_int_equal(plex_connection_peer_address(conn, &address, &length), 0);
+    assert_true(address.ss_family == AF_INET || address.ss_family == AF_INET6);
+    assert_int_equal(plex_destroy(client_flow), 0);
+    errno = 0;
+    assert_null(plex_connection_create(fixture->server.flow, "no-such-host.invalid", 80));
+    assert_int_equal(errno, EHOSTUNREACH);
+    echo_server_stop(&fixture->server);
+}
+
+/* TCP_NODELAY on client sockets and (inherited) on accepted ones. */
+static void nodelay_accepted(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    int *accepted_nodelay = plex_item_user_data(item);
+    int value = 0;
+    socklen_t length = sizeof(value);
+    assert_int_equal(getsockopt(plex_connection_fd(event->connection), IPPROTO_TCP, TCP_NODELAY,
+                                &value, &length),
+                     0);
+    *accepted_nodelay = value;
+    plex_finish(plex); /* ends the accept too; the connection is left unattached */
+}
+
+static void test_nodelay(void **state)
+{
+    Fixture *fixture = *state;
+    Plex *flow = plex_create(fixture->registry, "nodelay");
+    PlexListener *listener = plex_listener_create(flow, "127.0.0.1", 0, NULL);
+    int accepted_nodelay = -1;
+    PlexItem *accept =
+        plex_item_create(flow, "accept", nodelay_accepted, NULL, NULL, &accepted_nodelay);
+    assert_int_equal(plex_listener_accept(fixture->loop, listener, accept), 0);
+    Plex *client_flow = plex_create(fixture->registry, "client");
+    PlexConnection *conn =
+        plex_connection_create(client_flow, "127.0.0.1", (uint16_t)plex_listener_port(listener));
+    int value = 0;
+    socklen_t length = sizeof(value);
+    assert_int_equal(
+        getsockopt(plex_connection_fd(conn), IPPROTO_TCP, TCP_NODELAY, &value, &length), 0);
+    assert_true(value != 0);
+    int peer = raw_connect((uint16_t)plex_listener_port(listener));
+    NET_RUN_UNTIL(fixture->loop, accepted_nodelay != -1);
+    assert_true(accepted_nodelay != 0);
+    /* The unattached accepted connection was closed by the adapter. */
+    char byte;
+    NET_RUN_UNTIL(fixture->loop, recv(peer, &byte, 1, MSG_DONTWAIT) == 0);
+    close(peer);
+    assert_int_equal(plex_destroy(client_flow), 0);
+    NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == 1);
+}
+
+int main(void)
+{
+    PLEX_TEST_TIMEOUT_GUARD(240);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_one_byte, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_kibibyte, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sixteen_mebibytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_thousand_clients, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ipv6_and_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nodelay, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
