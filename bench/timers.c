@@ -3,7 +3,7 @@
  * bench-timers: N timers with random delays in [0, 1000) ms, scheduled and
  * fired by samplex and by libuv in the same run, with the same delays.
  *
- *   build/bin/bench-timers [--count N] [--rounds R]
+ *   build/bin/bench-timers [--count N] [--rounds R] [--engine samplex|libuv|both]
  *
  * For each engine and each variant (all fire / half cancelled before the
  * loop runs) it reports CPU time per scheduled timer (getrusage over
@@ -177,11 +177,14 @@ int main(int argc, char **argv)
 {
     size_t count = 1000000;
     int rounds = 1;
+    const char *only = "both";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--count") == 0)
             count = strtoull(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--rounds") == 0)
             rounds = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--engine") == 0)
+            only = argv[i + 1];
     }
     if (count == 0 || rounds <= 0) {
         fprintf(stderr, "usage: %s [--count N] [--rounds R]\n", argv[0]);
@@ -196,13 +199,18 @@ int main(int argc, char **argv)
         delays[i] = (uint32_t)(rand() % 1000);
     printf("| engine  | variant      |    timers |     fired | CPU us/timer |   p50 ms  |   p99 ms  |   max ms  |\n");
     printf("|---------|--------------|-----------|-----------|--------------|-----------|-----------|-----------|\n");
-    for (int variant = 0; variant < 2; variant++) {
+    int first_variant = 0, last_variant = 1;
+    if (getenv("BENCH_VARIANT"))
+        first_variant = last_variant = atoi(getenv("BENCH_VARIANT"));
+    for (int variant = first_variant; variant <= last_variant; variant++) {
         run.cancel_half = variant == 1;
         const char *name = variant ? "cancel half" : "all fire";
         Result samplex = {0}, libuv = {0};
         for (int round = 0; round < rounds; round++) {
-            add(&libuv, measure(run_libuv, &run));
-            add(&samplex, measure(run_samplex, &run));
+            if (strcmp(only, "samplex") != 0)
+                add(&libuv, measure(run_libuv, &run));
+            if (strcmp(only, "libuv") != 0)
+                add(&samplex, measure(run_samplex, &run));
         }
         print_row("libuv", name, count, libuv, rounds);
         print_row("samplex", name, count, samplex, rounds);

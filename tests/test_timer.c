@@ -3,6 +3,9 @@
  * Timers: order, ties, recurrence without drift, overruns, cancel, counts.
  * Every test counts handler and cleanup calls and ends by destroying the
  * loop and the registry.
+ *
+ * SAMPLEX_TEST_RUN_SERIAL: the drift bound (1 ms over a second) is the
+ * issue's requirement, so ctest runs this test alone.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -100,9 +103,9 @@ static void test_deadline_order(void **state)
     Fixture *fixture = *state;
     int64_t delays[] = {30 * MS, 10 * MS, 20 * MS, 0, 5 * MS};
     int expected[] = {3, 4, 1, 2, 0};
+    uint64_t start = plex_now_ns(); /* before any add: no timer may fire sooner */
     for (int i = 0; i < 5; i++)
         assert_int_equal(plex_timer_add(fixture->loop, one_shot(fixture, i, delays[i])), 0);
-    uint64_t start = plex_now_ns();
     assert_int_equal(plex_event_loop_run(fixture->loop), 0);
     uint64_t elapsed = plex_now_ns() - start;
     assert_true(elapsed >= (uint64_t)(30 * MS));
@@ -175,8 +178,15 @@ static void on_slow_tick(Plex *plex, PlexItem *item, const PlexEvent *event)
         assert_int_equal(event->overruns, 0);
         busy_wait(25 * MS); /* overruns a 10 ms interval: the next two targets pass */
     }
-    if (counts->fired == 3)
-        counts->error = (int)event->overruns; /* reuse a field to carry it out */
+    if (counts->fired == 3) {
+        /* This tick is late by at least the 15 ms overrun; every target
+         * between its own and now is skipped, however loaded the machine. */
+        int64_t late = event->lateness_ns;
+        uint64_t expected = late >= 10 * MS ? (uint64_t)((late - 10 * MS) / (10 * MS)) + 1 : 0;
+        assert_true(late >= 15 * MS);
+        assert_int_equal(event->overruns, expected);
+        counts->error = (int)event->overruns; /* carried out for the final check */
+    }
     if (counts->fired == 4)
         plex_finish(plex);
 }
@@ -189,8 +199,8 @@ static void test_overrun_skips_missed_ticks(void **state)
     assert_int_equal(plex_timer_add(fixture->loop, timer), 0);
     assert_int_equal(plex_event_loop_run(fixture->loop), 0);
     assert_int_equal(fixture->counts.fired, 4);
-    /* The late tick fires once; the one after it is skipped, not run in a burst. */
-    assert_int_equal(fixture->counts.error, 1);
+    /* The late tick fired once; what it missed was skipped, not run in a burst. */
+    assert_true(fixture->counts.error >= 1);
     assert_int_equal(fixture->counts.cleanup, 1);
 }
 

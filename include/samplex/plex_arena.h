@@ -34,9 +34,10 @@ typedef struct PlexAllocator {
 
 typedef struct PlexArena PlexArena;
 
-#define PLEX_ARENA_DEFAULT_BLOCK 4096
+#define PLEX_ARENA_DEFAULT_BLOCK 1024
 
-/* Creates an arena whose blocks hold `block_size` bytes (0: the default).
+/* Creates an arena whose first block holds `block_size` bytes (0: the
+ * default); each later block is twice the previous one, up to 1 MiB.
  * `allocator` may be NULL (libc); it is copied. Returns NULL and sets errno
  * to ENOMEM on failure. */
 PlexArena *plex_arena_create(const PlexAllocator *allocator, size_t block_size);

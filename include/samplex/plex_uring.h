@@ -24,6 +24,9 @@ typedef struct PlexEventLoopConfig {
     unsigned queue_depth;     /* submission queue entries; 0: 256 */
     unsigned buffer_count;    /* provided receive buffers (power of two); 0: 256 */
     unsigned buffer_size;     /* bytes per receive buffer; 0: 4096 */
+    int64_t timer_slack_ns;   /* how much after its target a timer may fire so that
+                                 nearby timers share one wake-up; 0: 50 us (Linux's
+                                 default timer slack); < 0: none. Never early. */
 } PlexEventLoopConfig;
 
 /* Creates a loop with the default configuration. Probes the kernel's

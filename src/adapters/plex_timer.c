@@ -7,8 +7,10 @@
  *   (CLOCK_MONOTONIC ns), and holds one operation on its item (begun at
  *   add; ended by the last firing or silently by cancel).
  * - At most one IORING_OP_TIMEOUT is in flight per loop. It is armed
- *   (absolute) for the earliest target; when an earlier target appears it is
- *   moved with IORING_TIMEOUT_UPDATE. When the earliest timer is cancelled
+ *   (absolute) for the earliest target plus the loop's timer slack; when an
+ *   earlier target appears it is moved with IORING_TIMEOUT_UPDATE. A timer
+ *   never fires before its target, and at most the slack after it unless the
+ *   loop is busy. When the earliest timer is cancelled
  *   the kernel timeout is left alone: it fires early, finds nothing due and
  *   is re-armed. That costs one wake-up instead of a cancel per change.
  * - A recurring timer is re-queued at previous target + interval before its
@@ -101,10 +103,13 @@ void plex_timers_arm(PlexEventLoop *loop)
     const PlexHeapEntry *top = plex_heap_top(&loop->timers.heap);
     if (!top || loop->destroying)
         return;
+    /* Wake at the latest moment the earliest timer allows (its target plus
+     * the slack): every timer due by then fires in the same wake-up. */
+    uint64_t latest_ns = top->key + (uint64_t)loop->config.timer_slack_ns;
     if (!loop->timers.timeout_op)
-        timeout_start(loop, top->key);
-    else if (top->key < loop->timers.armed_deadline_ns)
-        timeout_move(loop, top->key);
+        timeout_start(loop, latest_ns);
+    else if (latest_ns < loop->timers.armed_deadline_ns)
+        timeout_move(loop, latest_ns);
 }
 
 static void reschedule(PlexTimer *timer, uint64_t now_ns, uint64_t *skipped)

@@ -27,6 +27,7 @@
 #define PLEX_DEFAULT_QUEUE_DEPTH 256u
 #define PLEX_DEFAULT_BUFFER_COUNT 256u
 #define PLEX_DEFAULT_BUFFER_SIZE 4096u
+#define PLEX_DEFAULT_TIMER_SLACK_NS 50000
 #define PLEX_OP_SLAB_COUNT 256u
 #define PLEX_BUFFER_GROUP 1
 
@@ -383,6 +384,10 @@ static void config_apply(PlexEventLoop *loop, const PlexEventLoopConfig *config)
         loop->config.buffer_count = PLEX_DEFAULT_BUFFER_COUNT;
     if (!loop->config.buffer_size)
         loop->config.buffer_size = PLEX_DEFAULT_BUFFER_SIZE;
+    if (loop->config.timer_slack_ns == 0)
+        loop->config.timer_slack_ns = PLEX_DEFAULT_TIMER_SLACK_NS;
+    else if (loop->config.timer_slack_ns < 0)
+        loop->config.timer_slack_ns = 0;
     loop->queue_depth = loop->config.queue_depth;
 }
 

@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <stdalign.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@
 
 #define ARENA_MAX_ALIGNMENT 4096u
 #define ARENA_BUCKETS 16u
+#define ARENA_MAX_GROWN_BLOCK (1u << 20)
 
 typedef struct ArenaBlock {
     struct ArenaBlock *next; /* older block */
@@ -42,7 +44,8 @@ typedef struct ArenaSizeClass {
 
 struct PlexArena {
     PlexAllocator allocator;                /* copy of the creator's */
-    size_t block_size;                      /* capacity of regular blocks */
+    size_t block_size;                      /* capacity of the first block */
+    size_t next_block_size;                 /* capacity of the next regular block */
     ArenaBlock *current;                    /* block being bumped */
     ArenaBlock *blocks;                     /* every block, newest first */
     ArenaBlock first;                       /* data follows this struct */
@@ -84,6 +87,7 @@ PlexArena *plex_arena_create(const PlexAllocator *allocator, size_t block_size)
     if (allocator)
         arena->allocator = *allocator;
     arena->block_size = block_size;
+    arena->next_block_size = block_size;
     arena->first.data = (unsigned char *)(arena + 1);
     arena->first.capacity = block_size;
     arena->current = &arena->first;
@@ -133,17 +137,23 @@ static void *block_bump(ArenaBlock *block, size_t size, size_t alignment)
 static void *bump_new_block(PlexArena *arena, size_t size, size_t alignment)
 {
     size_t needed = size + alignment - 1;
-    size_t capacity = needed > arena->block_size ? needed : arena->block_size;
+    bool regular = needed <= arena->next_block_size;
+    size_t capacity = regular ? arena->next_block_size : needed;
     ArenaBlock *block = plex_mem_alloc(&arena->allocator, sizeof(ArenaBlock) + capacity);
 
     if (!block)
         return NULL;
+    plex_mem_prefault(block, sizeof(ArenaBlock) + capacity);
+    /* Regular blocks double up to a cap, so a flow that allocates a lot
+     * (a million timers) makes few calls to the allocator. */
+    if (regular && arena->next_block_size < ARENA_MAX_GROWN_BLOCK)
+        arena->next_block_size *= 2;
     block->data = (unsigned char *)(block + 1);
     block->capacity = capacity;
     block->used = 0;
     block->next = arena->blocks;
     arena->blocks = block;
-    if (capacity == arena->block_size)
+    if (regular)
         arena->current = block;
     return block_bump(block, size, alignment);
 }
@@ -259,6 +269,7 @@ void plex_arena_reset(PlexArena *arena)
     free_later_blocks(arena);
     arena->first.used = 0;
     arena->current = &arena->first;
+    arena->next_block_size = arena->block_size;
     memset(arena->buckets, 0, sizeof(arena->buckets));
 }
 

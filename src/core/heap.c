@@ -113,6 +113,7 @@ int plex_heap_reserve(PlexHeap *heap, size_t capacity)
     entries = plex_mem_alloc(heap->allocator, grown * sizeof(PlexHeapEntry));
     if (!entries)
         return -ENOMEM;
+    plex_mem_prefault(entries, grown * sizeof(PlexHeapEntry));
     if (heap->count)
         memcpy(entries, heap->entries, heap->count * sizeof(PlexHeapEntry));
     plex_mem_free(heap->allocator, heap->entries);

@@ -87,5 +87,9 @@ const PlexAllocator *plex_allocator(const Plex *plex);
 void *plex_mem_alloc(const PlexAllocator *allocator, size_t size);
 void *plex_mem_calloc(const PlexAllocator *allocator, size_t size);
 void plex_mem_free(const PlexAllocator *allocator, void *pointer);
+/* Pre-faults a freshly allocated block of at least PLEX_PREFAULT_MIN bytes
+ * (smaller ones are left alone). Never fails. */
+#define PLEX_PREFAULT_MIN (256u * 1024u)
+void plex_mem_prefault(void *pointer, size_t size);
 
 #endif
