@@ -377,4 +377,124 @@ static inline size_t raw_read_running(PlexEventLoop *loop, int fd, void *buffer,
     return got;
 }
 
+/* Reads and drops what the peer receives until the engine's side is closed
+ * (end of stream or reset), running the loop meanwhile. */
+static inline void raw_drain_until_closed(PlexEventLoop *loop, int fd)
+{
+    static char sink[65536];
+    uint64_t deadline = plex_now_ns() + NET_WAIT_NS;
+    for (;;) {
+        assert_true(plex_now_ns() < deadline);
+        ssize_t n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            return;
+        if (n < 0)
+            assert_true(plex_event_loop_run_once(loop, 10 * NET_MS) >= 0);
+    }
+}
+
+/* ---- Counting items ---------------------------------------------------- */
+
+/* What happened to one item: every call counted, the last result kept, the
+ * bytes of read events collected (up to sizeof data). */
+typedef struct Count {
+    int success;
+    int error;
+    int last_calls; /* calls without PLEX_EVENT_MORE */
+    int cleanup;
+    int result;
+    size_t bytes;
+    char data[64];
+} Count;
+
+static inline void count_event(PlexItem *item, const PlexEvent *event, bool success)
+{
+    Count *count = plex_item_user_data(item);
+    if (success)
+        count->success++;
+    else
+        count->error++;
+    if (!(event->flags & PLEX_EVENT_MORE))
+        count->last_calls++;
+    count->result = event->result;
+    if (event->data && count->bytes < sizeof(count->data) - 1) {
+        size_t room = sizeof(count->data) - 1 - count->bytes;
+        memcpy(count->data + count->bytes, event->data,
+               event->length < room ? event->length : room);
+    }
+    count->bytes += event->length;
+}
+
+static inline void count_success(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    count_event(item, event, true);
+}
+
+static inline void count_error(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    count_event(item, event, false);
+}
+
+static inline void count_cleanup(Plex *plex, PlexItem *item)
+{
+    (void)plex;
+    ((Count *)plex_item_user_data(item))->cleanup++;
+}
+
+static inline PlexItem *counted_item(Plex *plex, const char *name, Count *count)
+{
+    PlexItem *item = plex_item_create(plex, name, count_success, count_error, count_cleanup, count);
+    assert_non_null(item);
+    return item;
+}
+
+/* ---- An engine connection with a raw peer ------------------------------ */
+
+/* `conn` (accepted on the loop, owned by `flow`) and `peer` (a raw blocking
+ * socket) are the two ends of one TCP connection. */
+typedef struct Pair {
+    Plex *flow;
+    PlexConnection *conn;
+    int peer;
+} Pair;
+
+static inline void pair_accepted(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    Pair *pair = plex_item_user_data(item);
+    assert_int_equal(plex_connection_attach(event->connection, pair->flow), 0);
+    assert_ptr_equal(plex_connection_plex(event->connection), pair->flow);
+    pair->conn = event->connection;
+}
+
+static inline void pair_open(Pair *pair, PlexRegistry *registry, PlexEventLoop *loop)
+{
+    pair->flow = plex_create(registry, "pair");
+    assert_non_null(pair->flow);
+    pair->conn = NULL;
+    Plex *listening = plex_create(registry, "pair listener");
+    PlexListener *listener = plex_listener_create(listening, "127.0.0.1", 0, NULL);
+    assert_non_null(listener);
+    PlexItem *accept = plex_item_create(listening, "accept", pair_accepted, NULL, NULL, pair);
+    assert_int_equal(plex_listener_accept(loop, listener, accept), 0);
+    pair->peer = raw_connect((uint16_t)plex_listener_port(listener));
+    NET_RUN_UNTIL(loop, pair->conn != NULL);
+    assert_int_equal(plex_destroy(listening), 0);
+}
+
+/* Runs the loop until output stops draining: the peer is not reading and
+ * the socket buffers are full. */
+static inline void run_until_stalled(PlexEventLoop *loop, PlexConnection *conn)
+{
+    size_t before;
+    do {
+        before = plex_connection_bytes_queued(conn);
+        assert_true(before > 0);
+        assert_true(plex_event_loop_run_once(loop, 30 * NET_MS) >= 0);
+        assert_true(plex_event_loop_run_once(loop, 30 * NET_MS) >= 0);
+    } while (plex_connection_bytes_queued(conn) != before);
+}
+
 #endif /* SAMPLEX_TESTS_NET_SUPPORT_H */
