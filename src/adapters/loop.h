@@ -94,6 +94,10 @@ typedef enum PlexLoopModuleId {
 typedef struct PlexLoopModule {
     void *state;
     void (*fini)(PlexEventLoop *loop, void *state);
+    /* Called once per iteration right before the loop submits and waits, to
+     * send in one batch what handlers queued during the iteration (postgres:
+     * the pipeline Sync and PQflush). May run handlers. NULL: none. */
+    void (*flush)(PlexEventLoop *loop, void *state);
 } PlexLoopModule;
 
 struct PlexEventLoop {
@@ -162,6 +166,11 @@ static inline void plex_loop_op_keep_alive(PlexEventLoop *loop, PlexOp *op)
  * ring is short, so a linked chain never straddles a submit. 0 or a negative
  * errno. */
 int plex_loop_sq_reserve(PlexEventLoop *loop, unsigned count);
+
+/* Keeps the loop running for work that has no op of its own (a Postgres
+ * query waiting on its connection's shared poll). One unhold per hold. */
+static inline void plex_loop_hold(PlexEventLoop *loop) { loop->ops_alive++; }
+static inline void plex_loop_unhold(PlexEventLoop *loop) { loop->ops_alive--; }
 
 /* Asks the kernel to cancel `op`; its completion still arrives (usually
  * -ECANCELED) and the adapter frees it then. Idempotent. */

@@ -517,10 +517,20 @@ static int submit_and_wait(PlexEventLoop *loop, int64_t timeout_ns)
     return rc < 0 ? rc : 0;
 }
 
+static void modules_flush(PlexEventLoop *loop)
+{
+    for (int id = 0; id < PLEX_MODULE_COUNT; id++)
+        if (loop->modules[id].flush)
+            loop->modules[id].flush(loop, loop->modules[id].state);
+}
+
 static int iterate(PlexEventLoop *loop, int64_t timeout_ns)
 {
     loop->dispatching = true;
     unsigned handled = plex_timers_run(loop);
+    /* Adapters batch what this iteration's handlers queued (before the
+     * timers are armed: a flush may run handlers that add timers). */
+    modules_flush(loop);
     plex_timers_arm(loop);
     /* Don't sleep if a timer handler just made more work due now. */
     int rc = submit_and_wait(loop, handled ? 0 : timeout_ns);
