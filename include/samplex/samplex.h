@@ -16,8 +16,6 @@
 #include "plex_uring.h"
 #include "plex_timer.h"
 #include "plex_network.h"
-#if __has_include("plex_postgres.h")
 #include "plex_postgres.h"
-#endif
 
 #endif
