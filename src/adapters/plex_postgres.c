@@ -706,6 +706,8 @@ static void pg_settle(PlexPostgres *pg)
         PlexEvent event = {.result = 0, .postgres = pg};
         pg_request_deliver(close, &event, true);
         pg_request_put(close);
+        if (pg->state == PG_IDLE)
+            pg_requests_fail_all(pg, -ECANCELED); /* the listen step */
     }
     if (pg->connect_error && pg->state != PG_CONNECTING) {
         int code = pg->connect_error;
