@@ -91,6 +91,7 @@ static void test_wrong_port(void **state)
     attempt_wait(fixture, &attempt);
     assert_int_equal(attempt.connect.result, PLEX_EPGBROKEN);
     const char *message = plex_postgres_error_message(attempt.pg);
+    print_message("wrong port: %s\n", message);
     if (!strstr(message, "refused"))
         fail_msg("unclear message: %s", message);
     attempt_end(&attempt);
@@ -105,6 +106,7 @@ static void test_wrong_password(void **state)
     attempt_wait(fixture, &attempt);
     assert_int_equal(attempt.connect.result, PLEX_EPGBROKEN);
     const char *message = plex_postgres_error_message(attempt.pg);
+    print_message("wrong password: %s\n", message);
     if (!strstr(message, "password authentication failed"))
         fail_msg("unclear message: %s", message);
     attempt_end(&attempt);
@@ -128,6 +130,7 @@ static void test_timeout_against_mute_server(void **state)
     uint64_t elapsed = attempt.ended_ns - attempt.started_ns;
     assert_true(elapsed >= (uint64_t)timeout_ns);
     assert_true(elapsed < (uint64_t)(5000 * PG_MS));
+    print_message("mute server: %s\n", plex_postgres_error_message(attempt.pg));
     assert_non_null(strstr(plex_postgres_error_message(attempt.pg), "timed out"));
     PG_RUN_UNTIL(fixture->loop, attempt.queued.last == 1);
     assert_int_equal(attempt.queued.error, 1);

@@ -362,6 +362,17 @@ static void connect_step(PlexPostgres *pg)
         connect_failed(pg, PLEX_EPGBROKEN);
 }
 
+/* libpq prints notices to stderr by default; a library must not. A FATAL
+ * one is the server saying why it is about to hang up: keep it for
+ * plex_postgres_error_message. The rest (NOTICE, WARNING) are dropped. */
+static void pg_notice(void *argument, const PGresult *result)
+{
+    PlexPostgres *pg = argument;
+    const char *severity = PQresultErrorField(result, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0))
+        pg_save_error(pg, PQresultErrorMessage(result));
+}
+
 /* Starts PQconnectStart. A failure libpq reports at once is delivered from
  * a kick, like any other. 0 or a negative errno (nothing started). */
 static int pg_connect_begin(PlexPostgres *pg, int64_t timeout_ns)
@@ -369,6 +380,7 @@ static int pg_connect_begin(PlexPostgres *pg, int64_t timeout_ns)
     PGconn *conn = PQconnectStart(pg->conninfo);
     if (!conn)
         return -ENOMEM;
+    PQsetNoticeReceiver(conn, pg_notice, pg);
     pg->conn = conn;
     pg->error[0] = '\0';
     pg->closing = false;
