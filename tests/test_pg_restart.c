@@ -73,6 +73,8 @@ static void victim_check_broken(PgFixture *fixture, Victim *victim)
     PlexItem *item = pg_counting_item(victim->plex, "refused", &refused);
     assert_int_equal(plex_postgres_query(victim->pg, item, "SELECT 1"), PLEX_EPGBROKEN);
     assert_int_equal(refused.success + refused.error, 0);
+    assert_int_equal(plex_item_remove(victim->plex, item), 0);
+    assert_int_equal(refused.cleanup, 1);
 }
 
 /* Explicit reconnect, then a query through the same PlexPostgres. */
@@ -89,6 +91,8 @@ static void victim_reset_and_query(PgFixture *fixture, Victim *victim)
     assert_int_equal(query.success, 1);
     assert_string_equal(query.value, "back");
     assert_false(plex_postgres_is_broken(victim->pg));
+    assert_int_equal(plex_item_remove(victim->plex, reset_item), 0);
+    assert_int_equal(plex_item_remove(victim->plex, query_item), 0);
 }
 
 static void victim_end(Victim *victim)
@@ -106,6 +110,7 @@ static void run_query_now(PgFixture *fixture, PlexPostgres *pg, Plex *plex, cons
     assert_int_equal(plex_postgres_query_params(pg, item, sql, params), 0);
     PG_RUN_UNTIL(fixture->loop, calls.last == 1);
     assert_int_equal(calls.success, 1);
+    assert_int_equal(plex_item_remove(plex, item), 0);
 }
 
 /* ---- pg_terminate_backend ------------------------------------------------- */

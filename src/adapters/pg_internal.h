@@ -95,9 +95,9 @@ typedef struct PgModule {
 } PgModule;
 
 struct PlexPostgres {
-    PlexResource resource; /* owned by a flow; detached when pool-owned */
-    const PlexAllocator *allocator;
-    PlexEventLoop *loop; /* set by the first connect */
+    PlexResource resource;   /* owned by a flow; detached when pool-owned */
+    PlexAllocator allocator; /* a copy: the owner flow may end first */
+    PlexEventLoop *loop;     /* set by the first connect */
     PgModule *module;
     PGconn *conn; /* NULL unless CONNECTING or READY */
     char *conninfo;

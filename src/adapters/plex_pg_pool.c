@@ -24,8 +24,8 @@
 #define PG_POOL_DEFAULT_BACKOFF_MAX_NS 5000000000LL
 
 struct PlexPostgresPool {
-    PlexResource resource; /* owned by its creator's flow */
-    const PlexAllocator *allocator;
+    PlexResource resource;   /* owned by its creator's flow */
+    PlexAllocator allocator; /* a copy: the flow may go first */
     PlexEventLoop *loop;
     PlexPostgresPoolConfig config; /* defaults filled in */
     unsigned count;
@@ -77,7 +77,8 @@ static void pool_free(PlexPostgresPool *pool)
         pg->pool = NULL;
         pg_kill(pg);
     }
-    plex_mem_free(pool->allocator, pool);
+    PlexAllocator allocator = pool->allocator;
+    plex_mem_free(&allocator, pool);
 }
 
 static void pool_release(PlexResource *resource)
@@ -87,7 +88,7 @@ static void pool_release(PlexResource *resource)
 
 static int pool_add_connection(PlexPostgresPool *pool, const char *conninfo)
 {
-    PlexPostgres *pg = pg_new(pool->allocator, conninfo);
+    PlexPostgres *pg = pg_new(&pool->allocator, conninfo);
     if (!pg)
         return -ENOMEM;
     pg->pool = pool;
@@ -129,7 +130,7 @@ PlexPostgresPool *plex_postgres_pool_create(Plex *plex, PlexEventLoop *loop, con
         errno = ENOMEM;
         return NULL;
     }
-    pool->allocator = allocator;
+    pool->allocator = *allocator;
     pool->loop = loop;
     pool->config = resolved;
     plex_link_init(&pool->resource.link);

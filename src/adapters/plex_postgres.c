@@ -82,7 +82,8 @@ PlexPostgres *pg_new(const PlexAllocator *allocator, const char *conninfo)
         return NULL;
     }
     memcpy(copy, conninfo, length);
-    pg->allocator = allocator;
+    if (allocator)
+        pg->allocator = *allocator;
     pg->conninfo = copy;
     pg->refs = 1; /* alive */
     pg->max_queued = PLEX_POSTGRES_DEFAULT_MAX_QUEUED;
@@ -105,9 +106,9 @@ static void pg_free(PlexPostgres *pg)
         PQfinish(pg->conn); /* no poll is armed: its op would hold a ref */
     if (!plex_link_empty(&pg->dirty_link))
         plex_link_remove(&pg->dirty_link);
-    const PlexAllocator *allocator = pg->allocator;
-    plex_mem_free(allocator, pg->conninfo);
-    plex_mem_free(allocator, pg);
+    PlexAllocator allocator = pg->allocator;
+    plex_mem_free(&allocator, pg->conninfo);
+    plex_mem_free(&allocator, pg);
 }
 
 void pg_unref(PlexPostgres *pg)
