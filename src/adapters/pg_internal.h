@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Internals of the Postgres adapter, shared by plex_postgres.c (the
- * connection and its socket), plex_pg_request.c (request records, queries,
- * results, notifications) and plex_pg_pool.c. Never installed.
+ * connection object and its public API), plex_pg_conn.c (its socket on the
+ * ring and the libpq state machine), plex_pg_request.c (request records,
+ * queries, results, notifications) and plex_pg_pool.c. Never installed.
  *
  * Invariants:
  * - A PlexPostgres lives while `refs` > 0: one ref while not destroyed, one
@@ -117,6 +118,7 @@ struct PlexPostgres {
     unsigned max_queued;
     unsigned unsynced; /* pipeline: queries sent since the last sync */
     int connect_error; /* a connect failure to report from the kick */
+    bool fatal_seen;   /* `error` holds the FATAL text the server sent */
     int64_t connect_timeout_ns;
     bool pipeline;
     bool want_write;        /* PQflush returned 1 */
@@ -133,23 +135,44 @@ void pg_ref(PlexPostgres *pg);
 void pg_unref(PlexPostgres *pg);
 /* Queues the connection for the flush before the loop enters the kernel. */
 void pg_mark_dirty(PlexPostgres *pg);
-/* Schedules pg_settle from a NOP completion. 0 or -ENOMEM. */
-int pg_kick(PlexPostgres *pg);
-/* Sends what is queued, reads what libpq has, delivers results. */
-void pg_process(PlexPostgres *pg);
 /* True when libpq can parse `conninfo`. */
 bool pg_conninfo_valid(const char *conninfo);
 /* Creates a connection object (shared by the public create and the pool). */
 PlexPostgres *pg_new(const PlexAllocator *allocator, const char *conninfo);
+/* Ties the connection to `loop` (once) and binds its owner flow there. */
+int pg_attach_loop(PlexPostgres *pg, PlexEventLoop *loop);
 /* Starts a connect with no step (the pool's). 0 or a negative errno. */
 int pg_connect_internal(PlexEventLoop *loop, PlexPostgres *pg, int64_t timeout_ns);
 /* Destroys: fails what is pending (later, from a kick), drops the socket. */
 void pg_kill(PlexPostgres *pg);
+/* The deferred work a kick runs (see plex_postgres.c). */
+void pg_settle(PlexPostgres *pg);
+/* Keeps libpq's text (trailing newlines cut) for plex_postgres_error_message. */
+void pg_save_error(PlexPostgres *pg, const char *message);
+/* PQerrorMessage of the live PGconn, or `fallback` when it has none. */
+void pg_save_conn_error(PlexPostgres *pg, const char *fallback);
+
+/* ---- plex_pg_conn.c ---------------------------------------------------- */
+
+/* PQconnectStart and the first poll (plus the deadline when > 0). A failure
+ * libpq reports at once is delivered from a kick. 0 or a negative errno
+ * (nothing started). */
+int pg_connect_begin(PlexPostgres *pg, int64_t timeout_ns);
+/* Forgets the PGconn: PQfinish now, or once the armed poll is back. */
+void pg_drop_conn(PlexPostgres *pg);
+/* Cancels the connect deadline or the reconnect delay, if armed. */
+void pg_timeout_cancel(PlexPostgres *pg);
 /* Arms the pool's reconnect delay. */
 int pg_schedule_retry(PlexPostgres *pg, int64_t delay_ns);
+/* Schedules pg_settle from a NOP completion. 0 or a negative errno. */
+int pg_kick(PlexPostgres *pg);
+/* Sends what is queued, reads what libpq has, delivers results, re-arms. */
+void pg_process(PlexPostgres *pg);
 /* The connection is lost: drops it, fails everything pending (the head
  * query with `head_code` and `result`, which it takes), tells the pool. */
 void pg_break(PlexPostgres *pg, PGresult *result, int head_code);
+/* The loop's flush hook: syncs and flushes the connections marked dirty. */
+void pg_module_flush(PlexEventLoop *loop, void *state);
 
 /* ---- plex_pg_request.c ------------------------------------------------- */
 
@@ -178,7 +201,23 @@ void pg_request_finish(PlexPostgres *pg, PgRequest *request);
 void pg_request_broken(PlexPostgres *pg, PgRequest *request, PGresult *result, int code);
 /* Delivers every notification libpq holds (or drops them: no listener). */
 void pg_notifications_deliver(PlexPostgres *pg);
-/* Fails the FIFO, the connect and the listen step with `code`. */
+/* Delivers `code` as the request's last call and frees the record (NULL
+ * is a no-op): the connect step's outcome. */
+void pg_request_report(PlexPostgres *pg, PgRequest *request, int code);
+
+/* What was pending on a connection, taken off it in one go before any
+ * handler runs, so handlers may queue on a fresh connection meanwhile. */
+typedef struct PgTaken {
+    PlexLink requests; /* the FIFO */
+    PgRequest *listen;
+} PgTaken;
+
+void pg_requests_take(PlexPostgres *pg, PgTaken *taken);
+/* The first taken request, when it is a query, or NULL (stays taken). */
+PgRequest *pg_taken_head_query(PgTaken *taken);
+/* Fails every taken request once with `code` (a close with 0). */
+void pg_taken_fail(PlexPostgres *pg, PgTaken *taken, int code);
+/* Take, then fail. */
 void pg_requests_fail_all(PlexPostgres *pg, int code);
 /* Copies validated parameters into a command: 0 or -EINVAL. */
 int pg_params_apply(PgCommand *command, const PlexPostgresParams *params);

@@ -178,36 +178,62 @@ void pg_request_fail(PgRequest *request, int code)
     pg_request_deliver(request, &event, true);
 }
 
-void pg_requests_fail_all(PlexPostgres *pg, int code)
+void pg_request_report(PlexPostgres *pg, PgRequest *request, int code)
 {
-    /* Take the whole FIFO first: handlers may queue on a fresh connection. */
-    PlexLink pending;
-    plex_link_init(&pending);
+    if (!request)
+        return;
+    PlexEvent event = {.result = code, .postgres = pg};
+    pg_request_deliver(request, &event, true);
+    pg_request_put(request);
+}
+
+void pg_requests_take(PlexPostgres *pg, PgTaken *taken)
+{
+    plex_link_init(&taken->requests);
     if (!plex_link_empty(&pg->requests)) {
-        pending.next = pg->requests.next;
-        pending.prev = pg->requests.prev;
-        pending.next->prev = &pending;
-        pending.prev->next = &pending;
+        taken->requests.next = pg->requests.next;
+        taken->requests.prev = pg->requests.prev;
+        taken->requests.next->prev = &taken->requests;
+        taken->requests.prev->next = &taken->requests;
         plex_link_init(&pg->requests);
     }
+    taken->listen = pg->listen;
+    pg->listen = NULL;
+    pg->queued = 0;
     pg->closing = false;
-    while (!plex_link_empty(&pending)) {
-        PgRequest *request = PLEX_CONTAINER_OF(pending.next, PgRequest, link);
+}
+
+PgRequest *pg_taken_head_query(PgTaken *taken)
+{
+    if (plex_link_empty(&taken->requests))
+        return NULL;
+    PgRequest *head = PLEX_CONTAINER_OF(taken->requests.next, PgRequest, link);
+    return head->kind == PG_REQUEST_QUERY ? head : NULL;
+}
+
+void pg_taken_fail(PlexPostgres *pg, PgTaken *taken, int code)
+{
+    while (!plex_link_empty(&taken->requests)) {
+        PgRequest *request = PLEX_CONTAINER_OF(taken->requests.next, PgRequest, link);
         plex_link_remove(&request->link);
-        if (request->kind == PG_REQUEST_QUERY) {
-            pg->queued--;
+        if (request->kind == PG_REQUEST_QUERY)
             pg_request_fail(request, code);
-        } else if (request->kind == PG_REQUEST_CLOSE) {
+        else if (request->kind == PG_REQUEST_CLOSE)
             pg_request_fail(request, 0); /* closed, one way or another */
-        }
         pg_request_put(request);
     }
-    PgRequest *listen = pg->listen;
-    if (listen) {
-        pg->listen = NULL;
-        pg_request_fail(listen, code);
-        pg_request_put(listen);
+    if (taken->listen) {
+        PgRequest *listen = taken->listen;
+        taken->listen = NULL;
+        pg_request_report(pg, listen, code);
     }
+}
+
+void pg_requests_fail_all(PlexPostgres *pg, int code)
+{
+    PgTaken taken;
+    pg_requests_take(pg, &taken);
+    pg_taken_fail(pg, &taken, code);
 }
 
 /* ---- Commands ---------------------------------------------------------- */
