@@ -485,6 +485,91 @@ static void test_idle_does_not_spin(void **state)
     assert_int_equal(plex_destroy(owner), 0);
 }
 
+/* ---- Rule 6: no allocation per query in steady state -------------------- */
+
+typedef struct Counting {
+    unsigned long allocations;
+} Counting;
+
+static void *counting_alloc(void *context, size_t size)
+{
+    ((Counting *)context)->allocations++;
+    return malloc(size);
+}
+
+static void counting_free(void *context, void *pointer)
+{
+    (void)context;
+    free(pointer);
+}
+
+typedef struct Pump {
+    PlexPostgres *pg;
+    int started;
+    int finished;
+    int errors;
+    int target;
+} Pump;
+
+static void pump_next(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    Pump *pump = plex_user_data(plex);
+    if (event->result < 0)
+        pump->errors++;
+    pump->finished++;
+    if (pump->started < pump->target) {
+        pump->started++;
+        assert_int_equal(plex_postgres_query(pump->pg, item, "SELECT 1"), 0);
+    }
+}
+
+static void pump_run(PlexEventLoop *loop, Plex *plex, Pump *pump, int count)
+{
+    PlexItem *item = plex_item_first(plex);
+    pump->target = pump->started + count;
+    /* Ten in flight: outside pipeline mode nine of them wait, packed. */
+    for (int i = 0; i < 10; i++) {
+        pump->started++;
+        assert_int_equal(plex_postgres_query(pump->pg, item, "SELECT 1"), 0);
+    }
+    PG_RUN_UNTIL(loop, pump->finished == pump->target);
+}
+
+static void steady_state(bool pipeline)
+{
+    const char *conninfo = plex_test_pg_conninfo_or_skip();
+    Counting counting = {0};
+    PlexAllocator allocator = {
+        .alloc = counting_alloc, .free = counting_free, .context = &counting};
+    PlexRegistry *registry = plex_registry_create_with_allocator(&allocator);
+    PlexEventLoop *loop = plex_event_loop_create(registry);
+    assert_non_null(loop);
+    PgFixture fixture = {.registry = registry, .loop = loop, .conninfo = conninfo};
+    Plex *plex;
+    Pump pump = {0};
+    pump.pg = pg_connect_now(&fixture, &plex, NULL);
+    assert_int_equal(plex_postgres_set_pipeline(pump.pg, pipeline), 0);
+    plex_set_user_data(plex, &pump);
+    assert_int_equal(plex_item_remove(plex, plex_item_first(plex)), 0); /* the connect step */
+    plex_item_create(plex, "pump", pump_next, pump_next, NULL, NULL);
+    pump_run(loop, plex, &pump, 200); /* warm up: pools and buffers grow */
+    unsigned long before = counting.allocations;
+    assert_true(before > 0); /* the allocator is really in use */
+    pump_run(loop, plex, &pump, 2000);
+    assert_int_equal(counting.allocations - before, 0);
+    assert_int_equal(pump.errors, 0);
+    assert_int_equal(plex_destroy(plex), 0);
+    plex_event_loop_destroy(loop);
+    plex_registry_destroy(registry);
+}
+
+static void test_steady_state_allocates_nothing(void **state)
+{
+    (void)state;
+    steady_state(false);
+    steady_state(true);
+}
+
 int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
@@ -505,6 +590,7 @@ int main(void)
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_idle_does_not_spin, pg_fixture_setup,
                                         pg_fixture_teardown),
+        cmocka_unit_test(test_steady_state_allocates_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,6 +155,54 @@ static void test_terminate_backend_mid_pipeline(void **state)
     free(idle);
 }
 
+/* ---- Reconnect from inside an error handler ----------------------------- */
+
+typedef struct Phoenix {
+    PlexPostgres *pg;
+    PlexItem *reset;
+    PlexItem *again;
+    PgCalls doomed;
+    PgCalls reset_calls;
+    PgCalls again_calls;
+} Phoenix;
+
+static void phoenix_rise(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    Phoenix *phoenix = plex_user_data(plex);
+    pg_count_error(plex, item, event);
+    assert_int_equal(event->result, PLEX_EPGBROKEN);
+    assert_true(plex_postgres_is_broken(phoenix->pg));
+    /* Reconnect and queue at once: what was pending was taken off first,
+     * so this query is not failed along with it. */
+    assert_int_equal(plex_postgres_reset(phoenix->pg, phoenix->reset, PG_CONNECT_TIMEOUT_NS), 0);
+    assert_int_equal(plex_postgres_query(phoenix->pg, phoenix->again, "SELECT 'again'"), 0);
+}
+
+static void test_reset_from_error_handler(void **state)
+{
+    PgFixture *fixture = *state;
+    Phoenix phoenix = {0};
+    Plex *plex;
+    phoenix.pg = pg_connect_now(fixture, &plex, NULL);
+    plex_set_user_data(plex, &phoenix);
+    phoenix.reset = pg_counting_item(plex, "reset", &phoenix.reset_calls);
+    phoenix.again = pg_counting_item(plex, "again", &phoenix.again_calls);
+    PlexItem *doomed = plex_item_create(plex, "doomed", pg_count_success, phoenix_rise,
+                                        pg_count_cleanup, &phoenix.doomed);
+    char sql[96];
+    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)",
+             PQbackendPID(plex_postgres_conn(phoenix.pg)));
+    assert_int_equal(plex_postgres_query(phoenix.pg, doomed, sql), 0);
+    PG_RUN_UNTIL(fixture->loop, phoenix.again_calls.last == 1);
+    assert_int_equal(phoenix.doomed.error, 1);
+    assert_int_equal(phoenix.reset_calls.success, 1);
+    assert_int_equal(phoenix.again_calls.success, 1);
+    assert_string_equal(phoenix.again_calls.value, "again");
+    assert_int_equal(plex_destroy(plex), 0);
+    assert_int_equal(
+        phoenix.doomed.cleanup + phoenix.reset_calls.cleanup + phoenix.again_calls.cleanup, 3);
+}
+
 /* ---- Restart and crash -------------------------------------------------- */
 
 static bool pg_ctl_or_skip(void)
@@ -256,6 +304,8 @@ int main(void)
     PLEX_TEST_TIMEOUT_GUARD(280);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_terminate_backend_mid_pipeline, pg_fixture_setup,
+                                        pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_reset_from_error_handler, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_server_restart_mid_pipeline, pg_fixture_setup,
                                         pg_fixture_teardown),
