@@ -263,8 +263,9 @@ def header(load, elapsed):
         "or the generator: interference from the rest of the machine (tick-sampled, so "
         "only good to about 5 points; it can read slightly negative). Before each "
         "measurement the script waits (3 s at most) for CPUs 0-1 to be quiet; a window "
-        "with more than 25 % other CPU is measured again once and the second kept "
-        "(**re-run** counts those).",
+        "with more than 25 % other CPU is measured again (twice at most, within the "
+        "run's time budget) and the least disturbed one kept (**re-run** counts the "
+        "extra windows, summed over rounds).",
         "- **served**: connections with at least one round trip in the window (lowest "
         "round); **mismatches**: echoes that differ from what was sent (summed over "
         "rounds); **errors**: connections the server dropped; **exit**: the server's "
