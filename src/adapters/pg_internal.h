@@ -118,7 +118,7 @@ struct PlexPostgres {
     unsigned max_queued;
     unsigned unsynced; /* pipeline: queries sent since the last sync */
     int connect_error; /* a connect failure to report from the kick */
-    bool fatal_seen;   /* `error` holds the FATAL text the server sent */
+    bool error_kept;   /* `error` is the best account (a FATAL notice...) */
     int64_t connect_timeout_ns;
     bool pipeline;
     bool want_write;        /* PQflush returned 1 */
@@ -149,6 +149,9 @@ void pg_kill(PlexPostgres *pg);
 void pg_settle(PlexPostgres *pg);
 /* Keeps libpq's text (trailing newlines cut) for plex_postgres_error_message. */
 void pg_save_error(PlexPostgres *pg, const char *message);
+/* As pg_save_error, and no later libpq text replaces it until the next
+ * connect: the server's FATAL notice, or samplex's own reason. */
+void pg_keep_error(PlexPostgres *pg, const char *message);
 /* PQerrorMessage of the live PGconn, or `fallback` when it has none. */
 void pg_save_conn_error(PlexPostgres *pg, const char *fallback);
 

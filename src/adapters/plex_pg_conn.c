@@ -193,7 +193,7 @@ static void connect_failed(PlexPostgres *pg, int code)
         snprintf(pg->error, sizeof(pg->error),
                  "samplex: connection timed out after %" PRId64 " ms (server did not answer)",
                  pg->connect_timeout_ns / 1000000);
-    else if (!pg->fatal_seen)
+    else if (!pg->error_kept)
         pg_save_conn_error(pg, "connection failed");
     pg_drop_conn(pg);
     pg_timeout_cancel(pg);
@@ -262,8 +262,7 @@ static void pg_notice(void *argument, const PGresult *result)
     PlexPostgres *pg = argument;
     const char *severity = PQresultErrorField(result, PG_DIAG_SEVERITY_NONLOCALIZED);
     if (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0)) {
-        pg_save_error(pg, PQresultErrorMessage(result));
-        pg->fatal_seen = true;
+        pg_keep_error(pg, PQresultErrorMessage(result));
     }
 }
 
@@ -277,7 +276,7 @@ int pg_connect_begin(PlexPostgres *pg, int64_t timeout_ns)
     PQsetNoticeReceiver(conn, pg_notice, pg);
     pg->conn = conn;
     pg->error[0] = '\0';
-    pg->fatal_seen = false;
+    pg->error_kept = false;
     pg->closing = false;
     pg->want_write = false;
     pg->unsynced = 0;
@@ -433,12 +432,17 @@ static void pg_drain(PlexPostgres *pg)
             pg_break(pg, result, PLEX_EPGBROKEN);
             return;
         }
-        if (result)
+        if (result) {
             pg_result_in(pg, head, result);
-        else if (head->kind == PG_REQUEST_QUERY)
+        } else if (head->kind == PG_REQUEST_QUERY) {
             pg_request_finish(pg, head);
-        else
-            return; /* a sync not answered yet */
+        } else {
+            /* libpq is idle but a Sync is still expected: its queue and
+             * ours disagree. Never seen; fail loudly rather than spin. */
+            pg_keep_error(pg, "samplex: lost track of the pipeline");
+            pg_break(pg, NULL, PLEX_EPGBROKEN);
+            return;
+        }
     }
 }
 
@@ -478,7 +482,7 @@ void pg_process(PlexPostgres *pg)
         if (rc == 0)
             rc = poll_arm(pg, POLLIN | (pg->want_write ? POLLOUT : 0));
         if (rc < 0) {
-            pg_save_error(pg, "samplex: cannot watch the socket");
+            pg_keep_error(pg, "samplex: cannot watch the socket");
             pg_break(pg, NULL, PLEX_EPGBROKEN);
         }
     }
@@ -516,7 +520,7 @@ void pg_break(PlexPostgres *pg, PGresult *result, int head_code)
     /* The best account of why: the server's FATAL message, else libpq's. */
     if (result && pg_result_is_fatal(result))
         pg_save_error(pg, PQresultErrorMessage(result));
-    else if (!pg->fatal_seen)
+    else if (!pg->error_kept)
         pg_save_conn_error(pg, "connection lost");
     pg_drop_conn(pg);
     pg_timeout_cancel(pg);
@@ -547,7 +551,7 @@ static void pg_flush(PlexPostgres *pg)
     if (pg->pipeline && pg->unsynced > 0) {
         PgRequest *sync;
         if (pg_request_begin(pg, NULL, PG_REQUEST_SYNC, &sync) < 0) {
-            pg_save_error(pg, "samplex: out of memory for a pipeline sync");
+            pg_keep_error(pg, "samplex: out of memory for a pipeline sync");
             pg_break(pg, NULL, PLEX_EPGBROKEN);
             return;
         }

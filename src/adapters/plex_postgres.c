@@ -107,6 +107,12 @@ void pg_save_error(PlexPostgres *pg, const char *message)
         pg->error[--length] = '\0';
 }
 
+void pg_keep_error(PlexPostgres *pg, const char *message)
+{
+    pg_save_error(pg, message);
+    pg->error_kept = true;
+}
+
 void pg_save_conn_error(PlexPostgres *pg, const char *fallback)
 {
     const char *message = pg->conn ? PQerrorMessage(pg->conn) : NULL;
