@@ -120,8 +120,10 @@ int plex_postgres_destroy(PlexPostgres *pg);
  * plex_postgres_error_message(pg)), -ECANCELED if the connection is
  * destroyed first. Queries may be queued while connecting; they are sent
  * once connected, and fail with PLEX_EPGBROKEN if the connect fails.
- * Returns 0, -EINVAL (NULL, negative timeout, item of a dead flow), -EXDEV
- * (pg or the item's flow lives on another loop), -EALREADY (connecting),
+ * Returns 0, -EINVAL (NULL, negative timeout, a pooled connection), -ESTALE
+ * (the item's flow ended), -EXDEV (pg or the item's flow lives on another
+ * loop), -EALREADY (connecting, or the outcome of an earlier connect or
+ * close has not been reported yet: retry from that handler or later),
  * -EISCONN (connected), -ESHUTDOWN (loop being destroyed), -ENOMEM. */
 int plex_postgres_connect(PlexEventLoop *loop, PlexPostgres *pg, PlexItem *item,
                           int64_t timeout_ns);
