@@ -195,6 +195,74 @@ static void test_connect_states(void **state)
     assert_int_equal(calls.cleanup, 1);
 }
 
+/* ---- Order around a connect ---------------------------------------------- */
+
+typedef struct Sequence {
+    PlexPostgres *pg;
+    PlexItem *from_handler;
+    char log[16];
+    int length;
+    int errors;
+    int handler_rc; /* what the connect handler's query start returned */
+} Sequence;
+
+static void sequence_note(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    Sequence *sequence = plex_user_data(plex);
+    if (event->result < 0)
+        sequence->errors++;
+    const char *tag = plex_item_description(item);
+    sequence->log[sequence->length++] = tag[0];
+    if (tag[0] == 'C')
+        sequence->handler_rc =
+            plex_postgres_query(sequence->pg, sequence->from_handler, "SELECT 3");
+}
+
+static void order_around_connect(PgFixture *fixture, bool pipeline, bool close, bool queries)
+{
+    Sequence sequence = {0};
+    Plex *plex = plex_create(fixture->registry, "sequence");
+    plex_set_user_data(plex, &sequence);
+    sequence.pg = plex_postgres_create(plex, fixture->conninfo);
+    assert_int_equal(plex_postgres_set_pipeline(sequence.pg, pipeline), 0);
+    PlexItem *connect = plex_item_create(plex, "C", sequence_note, sequence_note, NULL, NULL);
+    PlexItem *first = plex_item_create(plex, "1", sequence_note, sequence_note, NULL, NULL);
+    PlexItem *second = plex_item_create(plex, "2", sequence_note, sequence_note, NULL, NULL);
+    sequence.from_handler = plex_item_create(plex, "H", sequence_note, sequence_note, NULL, NULL);
+    assert_int_equal(
+        plex_postgres_connect(fixture->loop, sequence.pg, connect, PG_CONNECT_TIMEOUT_NS), 0);
+    if (queries) {
+        assert_int_equal(plex_postgres_query(sequence.pg, first, "SELECT 1"), 0);
+        assert_int_equal(plex_postgres_query(sequence.pg, second, "SELECT 2"), 0);
+    }
+    if (close) {
+        PlexItem *closer = plex_item_create(plex, "X", sequence_note, sequence_note, NULL, NULL);
+        assert_int_equal(plex_postgres_close(sequence.pg, closer), 0);
+        PG_RUN_UNTIL(fixture->loop, sequence.length == (queries ? 4 : 2));
+        assert_string_equal(sequence.log, queries ? "C12X" : "CX");
+        /* The connect handler's query was refused: a close was queued. */
+        assert_int_equal(sequence.handler_rc, -ESHUTDOWN);
+        assert_false(plex_postgres_is_connected(sequence.pg));
+    } else {
+        PG_RUN_UNTIL(fixture->loop, sequence.length == 4);
+        /* Connect first; queued queries before the handler's own. */
+        assert_string_equal(sequence.log, "C12H");
+        assert_int_equal(sequence.handler_rc, 0);
+    }
+    assert_int_equal(sequence.errors, 0);
+    assert_int_equal(plex_destroy(plex), 0);
+}
+
+static void test_order_around_connect(void **state)
+{
+    PgFixture *fixture = *state;
+    for (int pipeline = 0; pipeline < 2; pipeline++) {
+        order_around_connect(fixture, pipeline, false, true);
+        order_around_connect(fixture, pipeline, true, true);
+        order_around_connect(fixture, pipeline, true, false);
+    }
+}
+
 int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
@@ -206,6 +274,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroyed_while_connecting, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_connect_states, pg_fixture_setup, pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_order_around_connect, pg_fixture_setup,
+                                        pg_fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

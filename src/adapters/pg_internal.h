@@ -116,6 +116,7 @@ struct PlexPostgres {
     PgRequest *close_done; /* a close to report from the next kick */
     unsigned queued;       /* queries in `requests` */
     unsigned max_queued;
+    unsigned unsent;   /* queries in `requests` still packed, not sent */
     unsigned unsynced; /* pipeline: queries sent since the last sync */
     int connect_error; /* a connect failure to report from the kick */
     bool error_kept;   /* `error` is the best account (a FATAL notice...) */

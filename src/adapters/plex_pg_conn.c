@@ -187,6 +187,8 @@ int pg_kick(PlexPostgres *pg)
 
 /* ---- Connecting -------------------------------------------------------- */
 
+static void pg_send_pending(PlexPostgres *pg);
+
 static void connect_failed(PlexPostgres *pg, int code)
 {
     if (code == -ETIMEDOUT)
@@ -221,12 +223,19 @@ static void connect_succeeded(PlexPostgres *pg)
     }
     pg->state = PG_READY;
     pg->error[0] = '\0';
+    pg->error_kept = false;
     pg_ref(pg);
     PgRequest *request = pg->connect;
     pg->connect = NULL;
-    /* Queued queries go out before the handler can queue more. */
-    pg_process(pg);
-    pg_request_report(pg, request, 0);
+    /* Pipeline mode: what was queued while connecting goes out before the
+     * handler can queue more (outside pipeline mode the FIFO keeps order).
+     * Then the step hears of it, and only then do results (or a queued
+     * close) get delivered. */
+    if (pg->pipeline)
+        pg_send_pending(pg);
+    pg_request_report(pg, request, pg->state == PG_READY ? 0 : PLEX_EPGBROKEN);
+    if (pg->state == PG_READY)
+        pg_process(pg);
     if (pg->pool && pg->state == PG_READY)
         pg_pool_on_state(pg);
     pg_unref(pg);
@@ -326,8 +335,10 @@ static void timeout_fired(PlexPostgres *pg, uint32_t tag)
 /* Pipeline mode: sends the queries queued while connecting, in order. */
 static void pg_send_pending(PlexPostgres *pg)
 {
+    if (pg->unsent == 0)
+        return; /* the common case: no walk over what is in flight */
     PlexLink *link = pg->requests.next;
-    while (pg->state == PG_READY && link != &pg->requests) {
+    while (pg->state == PG_READY && pg->unsent > 0 && link != &pg->requests) {
         PgRequest *request = PLEX_CONTAINER_OF(link, PgRequest, link);
         link = link->next;
         if (request->sent)
@@ -337,6 +348,7 @@ static void pg_send_pending(PlexPostgres *pg)
             pg_break(pg, NULL, PLEX_EPGBROKEN);
             return;
         }
+        pg->unsent--;
         if (rc < 0) {
             plex_link_remove(&request->link);
             pg->queued--;
@@ -355,6 +367,7 @@ static void pg_send_pending(PlexPostgres *pg)
 static void pg_send_head(PlexPostgres *pg, PgRequest *head)
 {
     int rc = pg_command_send(pg, &head->command);
+    pg->unsent--;
     if (rc == 0) {
         head->sent = true;
         return;

@@ -200,6 +200,7 @@ void pg_requests_take(PlexPostgres *pg, PgTaken *taken)
     taken->listen = pg->listen;
     pg->listen = NULL;
     pg->queued = 0;
+    pg->unsent = 0;
     pg->closing = false;
 }
 
@@ -372,7 +373,8 @@ int pg_command_start(PlexPostgres *pg, PlexItem *item, const PgCommand *command)
         return rc;
     /* Outside pipeline mode libpq takes one query at a time: the others
      * wait, packed, in the FIFO. */
-    bool now = pg->state == PG_READY && (pg->pipeline || plex_link_empty(&pg->requests));
+    bool now = pg->state == PG_READY && pg->unsent == 0 &&
+               (pg->pipeline || plex_link_empty(&pg->requests));
     rc = now ? pg_command_send(pg, command) : pg_command_pack(request, command);
     if (rc < 0) {
         pg_request_abort(request);
@@ -383,6 +385,8 @@ int pg_command_start(PlexPostgres *pg, PlexItem *item, const PgCommand *command)
     request->sent = now;
     if (now && pg->pipeline)
         pg->unsynced++;
+    if (!now)
+        pg->unsent++;
     plex_link_insert_tail(&pg->requests, &request->link);
     pg->queued++;
     pg_mark_dirty(pg);
