@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -66,7 +67,11 @@ def unique_tag(name):
 
 
 class Mud:
-    """A samplex-mud process. Its log (stdout and stderr) is kept in .lines."""
+    """A samplex-mud process. Its log (stdout and stderr) is kept in .lines.
+
+    The log goes to a file, not a pipe: a pipe that the test reads too slowly
+    (busy with 200 bots) would block the MUD's loop on printf and make its
+    tick late for a reason that is the test's, not the MUD's."""
 
     def __init__(self, schema, *options, prefix=()):
         self.schema = schema
@@ -81,8 +86,8 @@ class Mud:
         command = self.prefix + [mud_binary(), "--port", "0", "--host", "127.0.0.1",
                                  "--schema", self.schema] + self.options
         self.lines = []
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)
+        self.log_file = tempfile.TemporaryFile(prefix="samplex-mud.", suffix=".log")
+        self.process = subprocess.Popen(command, stdout=self.log_file, stderr=subprocess.STDOUT)
         self.reader = threading.Thread(target=self._read_log, daemon=True)
         self.reader.start()
         match = self.wait_log(r"^listening on [0-9.]+:(\d+)$", timeout)
@@ -90,14 +95,30 @@ class Mud:
         return self
 
     def _read_log(self):
-        for raw in self.process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if os.environ.get("MUD_TEST_VERBOSE"):
-                print(f"  mud| {line}", flush=True)
-            with self.condition:
-                self.lines.append(line)
-                self.condition.notify_all()
+        """Follows the log file until the process has exited and all is read."""
+        with open(f"/proc/self/fd/{self.log_file.fileno()}", "rb") as log:
+            partial = b""
+            while True:
+                exited = self.process.poll() is not None
+                chunk = log.read()
+                if chunk:
+                    partial += chunk
+                    *complete, partial = partial.split(b"\n")
+                    self._add_lines(complete)
+                elif exited:
+                    break
+                else:
+                    time.sleep(0.02)
         with self.condition:
+            self.condition.notify_all()
+
+    def _add_lines(self, raw_lines):
+        lines = [raw.decode("utf-8", "replace") for raw in raw_lines]
+        if os.environ.get("MUD_TEST_VERBOSE"):
+            for line in lines:
+                print(f"  mud| {line}", flush=True)
+        with self.condition:
+            self.lines.extend(lines)
             self.condition.notify_all()
 
     def wait_log(self, pattern, timeout=10, start=0):
@@ -132,6 +153,7 @@ class Mud:
             self.dump_log()
             fail(f"samplex-mud did not exit within {timeout} s of signal {signal_number}")
         self.reader.join(5)
+        self.log_file.close()
         return status
 
     def cpu_seconds(self):

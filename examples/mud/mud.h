@@ -133,6 +133,8 @@ typedef struct Mud {
     PlexItem *autosave;
     PlexItem *deadline;
     PlexItem *pg_close;
+    PlexItem *pg_reconnect;
+    PlexItem *search_path;
     PlexTimer *tick_timer;
     PlexTimer *autosave_timer;
     PlexTimer *deadline_timer;
@@ -141,9 +143,11 @@ typedef struct Mud {
     Room *start_room;
     MudLink sessions; /* Session.link: every live session flow */
     size_t session_count;
-    bool autosave_running; /* one autosave batch at a time */
-    bool final_save_done;  /* shutdown: everyone's state is saved */
-    bool pg_closing;       /* shutdown: the last step has begun */
+    bool autosave_running;       /* one autosave batch at a time */
+    bool final_save_done;        /* shutdown: everyone's state is saved */
+    bool pg_closing;             /* shutdown: the last step has begun */
+    uint64_t pg_reset_ns;        /* when we last tried to reconnect */
+    char schema_identifier[160]; /* --schema, quoted by libpq; "" without */
     TickStats ticks;
 } Mud;
 
@@ -287,6 +291,9 @@ void storage_on_player_saved(Plex *plex, PlexItem *item, const PlexEvent *event)
 int storage_save_all(Mud *mud, bool final);
 /* The world flow's autosave step. */
 void storage_on_autosave(Plex *plex, PlexItem *item, const PlexEvent *event);
+/* The world flow's reconnect step and the search_path query after it. */
+void storage_on_reconnect(Plex *plex, PlexItem *item, const PlexEvent *event);
+void storage_on_search_path(Plex *plex, PlexItem *item, const PlexEvent *event);
 
 /* ---- server.c: the world flow ------------------------------------------- */
 

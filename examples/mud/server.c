@@ -8,6 +8,8 @@
  *   tick       recurring timer: the world tick (world.c)
  *   autosave   recurring timer: every player saved in one batch (storage.c)
  *   deadline   one-shot timer: a shutdown that takes too long gives up
+ *   pg-reconnect  reconnects Postgres when it was lost (storage.c), then
+ *   search-path   puts the private schema (--schema) back on the path
  *   pg-close   the graceful close of the Postgres connection, last of all
  *
  * Shutdown (SIGINT/SIGTERM) is a sequence of continuations, each started by
@@ -143,7 +145,12 @@ static int create_steps(Mud *mud, Plex *world)
     mud->autosave = plex_item_create(world, "autosave", storage_on_autosave, NULL, NULL, mud);
     mud->deadline = plex_item_create(world, "deadline", on_deadline, NULL, NULL, mud);
     mud->pg_close = plex_item_create(world, "pg-close", on_pg_closed, on_pg_closed, NULL, mud);
-    if (!mud->accept || !mud->tick || !mud->autosave || !mud->deadline || !mud->pg_close)
+    mud->pg_reconnect = plex_item_create(world, "pg-reconnect", storage_on_reconnect,
+                                         storage_on_reconnect, NULL, mud);
+    mud->search_path = plex_item_create(world, "search-path", storage_on_search_path,
+                                        storage_on_search_path, NULL, mud);
+    if (!mud->accept || !mud->tick || !mud->autosave || !mud->deadline || !mud->pg_close ||
+        !mud->pg_reconnect || !mud->search_path)
         return -ENOMEM;
     mud->tick_timer = plex_timer_create(world, mud->tick, mud->config.tick_ns, true);
     mud->autosave_timer = plex_timer_create(world, mud->autosave, mud->config.autosave_ns, true);

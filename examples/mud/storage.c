@@ -15,6 +15,10 @@
  * - A query's handler belongs to the flow that queued it: if that flow ends
  *   first (a player vanishes mid-save), no handler runs, and the query still
  *   completes on the server.
+ * - A lost connection (Postgres restarted) is noticed by the engine even
+ *   while idle; the next query then reconnects first (at most once a second)
+ *   and waits behind the reconnect. Queries that were in flight when it was
+ *   lost fail and are not retried: the player is told.
  *
  * The flows here:
  *   startup     connect -> schema -> rooms -> exits, then the world starts
@@ -32,6 +36,7 @@
 #include "schema_sql.h" /* mud_schema_sql: schema.sql, embedded by CMake */
 
 #define CONNECT_TIMEOUT_NS MS_TO_NS(10000)
+#define RECONNECT_INTERVAL_NS MS_TO_NS(1000)
 
 static const char load_player_sql[] =
     "INSERT INTO mud_players (name, room_id) VALUES ($1, $2) "
@@ -88,22 +93,31 @@ static char *next_statement(char **cursor)
     return NULL;
 }
 
+/* Sets the session's search_path to the private schema (--schema): at
+ * start, and again after every reconnect (a new session forgets it). */
+static int queue_search_path(Mud *mud, PlexItem *item)
+{
+    const char *values[] = {mud->schema_identifier};
+    PlexPostgresParams params = {.count = 1, .values = values};
+    return plex_postgres_query_params(mud->pg, item, "SELECT set_config('search_path', $1, false)",
+                                      &params);
+}
+
 /* --schema NAME: a private schema, e.g. one per test run. */
 static int queue_private_schema(Startup *startup, PlexPostgres *pg, const char *schema)
 {
+    Mud *mud = startup->mud;
     PGconn *conn = plex_postgres_conn(pg);
     char *identifier = conn ? PQescapeIdentifier(conn, schema, strlen(schema)) : NULL;
     if (!identifier)
         return -ENOMEM;
+    snprintf(mud->schema_identifier, sizeof(mud->schema_identifier), "%s", identifier);
+    PQfreemem(identifier);
     char sql[256];
-    snprintf(sql, sizeof(sql), "CREATE SCHEMA IF NOT EXISTS %s", identifier);
-    const char *values[] = {identifier};
-    PlexPostgresParams params = {.count = 1, .values = values};
+    snprintf(sql, sizeof(sql), "CREATE SCHEMA IF NOT EXISTS %s", mud->schema_identifier);
     int rc = plex_postgres_query(pg, startup->schema, sql);
     if (rc == 0)
-        rc = plex_postgres_query_params(pg, startup->schema,
-                                        "SELECT set_config('search_path', $1, false)", &params);
-    PQfreemem(identifier);
+        rc = queue_search_path(mud, startup->schema);
     startup->statements += 2;
     return rc;
 }
@@ -241,6 +255,52 @@ int storage_start(Mud *mud)
     return rc;
 }
 
+/* ---- Losing the connection, and finding it again ------------------------ */
+
+/* Reconnects (at most once per RECONNECT_INTERVAL_NS). Queries queued from
+ * now on wait for the connect, behind the search_path. 0 or < 0. */
+static int reconnect(Mud *mud)
+{
+    uint64_t now = plex_now_ns();
+    if (mud->phase != MUD_RUNNING ||
+        (mud->pg_reset_ns && now - mud->pg_reset_ns < (uint64_t)RECONNECT_INTERVAL_NS))
+        return -EAGAIN;
+    mud->pg_reset_ns = now;
+    mud_log("PostgreSQL: the connection was lost; reconnecting");
+    int rc = plex_postgres_reset(mud->pg, mud->pg_reconnect, CONNECT_TIMEOUT_NS);
+    if (rc == 0 && mud->schema_identifier[0])
+        rc = queue_search_path(mud, mud->search_path);
+    return rc;
+}
+
+/* Every query of the game goes through here. */
+static int query(Mud *mud, PlexItem *item, const char *sql, const PlexPostgresParams *params)
+{
+    int rc = plex_postgres_query_params(mud->pg, item, sql, params);
+    if (rc == PLEX_EPGBROKEN && reconnect(mud) == 0)
+        rc = plex_postgres_query_params(mud->pg, item, sql, params);
+    return rc;
+}
+
+void storage_on_reconnect(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    Mud *mud = plex_item_user_data(item);
+    if (event->result < 0)
+        mud_log("PostgreSQL: reconnecting failed: %s %s", plex_error_name(event->result),
+                plex_postgres_error_message(mud->pg));
+    else
+        mud_log("PostgreSQL: reconnected");
+}
+
+void storage_on_search_path(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    (void)item;
+    if (event->result < 0)
+        log_query_error("setting the search_path", event);
+}
+
 /* ---- A player: load (create or restore) and save ------------------------ */
 
 int storage_load_player(Session *session)
@@ -249,7 +309,7 @@ int storage_load_player(Session *session)
      * count. Either way the row's room comes back: one statement, no race. */
     const char *values[] = {session->name, MUD_START_ROOM};
     PlexPostgresParams params = {.count = 2, .values = values};
-    return plex_postgres_query_params(session->mud->pg, session->load, load_player_sql, &params);
+    return query(session->mud, session->load, load_player_sql, &params);
 }
 
 void storage_on_player_loaded(Plex *plex, PlexItem *item, const PlexEvent *event)
@@ -271,7 +331,7 @@ static int queue_save(Mud *mud, PlexItem *item, const Session *session)
 {
     const char *values[] = {session->name, session->position->id};
     PlexPostgresParams params = {.count = 2, .values = values};
-    return plex_postgres_query_params(mud->pg, item, save_player_sql, &params);
+    return query(mud, item, save_player_sql, &params);
 }
 
 int storage_save_player(Session *session)
