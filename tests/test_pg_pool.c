@@ -159,6 +159,31 @@ static void test_pool_destroyed_with_pending(void **state)
     assert_int_equal(plex_destroy(owner), 0);
 }
 
+static void test_loop_destroyed_with_pool(void **state)
+{
+    PgFixture *fixture = *state;
+    Plex *owner = plex_create(fixture->registry, "pool owner");
+    Plex *player = plex_create(fixture->registry, "player");
+    PlexPostgresPoolConfig config = {.connections = 2, .pipeline = true};
+    PlexPostgresPool *pool = plex_postgres_pool_create(owner, fixture->loop, "", &config);
+    assert_non_null(pool);
+    PG_RUN_UNTIL(fixture->loop, plex_postgres_pool_connected(pool) == 2);
+    PgCalls calls[5] = {{0}};
+    for (int i = 0; i < 5; i++) {
+        PlexItem *item = pg_counting_item(player, "query", &calls[i]);
+        assert_int_equal(plex_postgres_pool_query(pool, item, "SELECT pg_sleep(1)"), 0);
+    }
+    assert_true(plex_event_loop_run_once(fixture->loop, 10 * PG_MS) >= 0);
+    /* The loop ends both flows: cleanups run, no handler does. */
+    plex_event_loop_destroy(fixture->loop);
+    fixture->loop = NULL;
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(calls[i].success + calls[i].error, 0);
+        assert_int_equal(calls[i].cleanup, 1);
+    }
+    assert_int_equal(plex_registry_count(fixture->registry), 0);
+}
+
 int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
@@ -168,6 +193,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_thousand_flows_over_eight_pipelined, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_pool_destroyed_with_pending, pg_fixture_setup,
+                                        pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_loop_destroyed_with_pool, pg_fixture_setup,
                                         pg_fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
