@@ -29,6 +29,9 @@
  *   backoff.
  * - Steady state allocates nothing beyond what libpq does: request records
  *   come from a per-loop free list and keep their buffers.
+ * - Nothing is printed: the server's NOTICE and WARNING messages are
+ *   dropped (libpq would print them); a FATAL one becomes the connection's
+ *   error message.
  *
  * Results. A query's handler gets event->postgres and event->pg_result (a
  * libpq PGresult). The result is BORROWED: samplex PQclear()s it after the
