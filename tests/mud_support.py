@@ -227,9 +227,15 @@ class Player:
     """A telnet player over a real socket. .text is everything received (telnet
     commands removed, UTF-8 decoded); expect() moves a cursor through it."""
 
-    def __init__(self, port, name=None):
+    def __init__(self, port, name=None, receive_buffer=None):
         self.name = name
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if receive_buffer:  # a small window, set before connecting: a slow reader
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            self.sock.settimeout(10)
+            self.sock.connect(("127.0.0.1", port))
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.setblocking(False)
         self.raw = bytearray()       # every byte received, as received
         self.data = bytearray()      # without telnet commands

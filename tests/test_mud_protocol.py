@@ -9,6 +9,8 @@
   discarded (also 100 KB without any newline), the connection stays usable.
 - Control bytes, an escaped IAC (0xFF as data) and invalid UTF-8 never reach
   the other player raw; valid UTF-8 arrives intact.
+- A player who reads nothing while others talk is dropped once 256 KiB of
+  output are queued for them (bounded memory per peer); the talker is fine.
 """
 import os
 import sys
@@ -105,6 +107,30 @@ def hostile_bytes(player, listener):
     received.decode("utf-8")  # strict: raises if anything invalid got through
 
 
+def slow_reader(mud, talker, tag):
+    reader = Player(mud.port, receive_buffer=4096).login(f"{tag}reader")
+    talker.expect(rf"{reader.name} appears")
+    line = "say " + "w" * 400
+    for batch in range(100):  # up to 4 MB for the reader, far over its cap
+        talker.send((line + "\r\n").encode() * 100)
+        talker.drain(0.01)  # the talker reads its own echoes
+        if mud.log_matches(rf"\({reader.name}\): cannot send \(ENOBUFS\): dropping"):
+            break
+    mud.wait_log(rf"\({reader.name}\): cannot send \(ENOBUFS\): dropping the connection")
+    mud.wait_log(rf"'session [^']*' {reader.name} ended")
+    talker.expect(rf"{reader.name} has lost the link")
+    reader.sock.setblocking(True)
+    while True:  # what was on its way still arrives; then the connection ends
+        try:
+            if not reader.sock.recv(1 << 20):
+                break
+        except ConnectionResetError:
+            break
+    talker.line("who")
+    talker.expect(r"Players online: 2\r\n")
+    print(f"ok: slow reader dropped after {batch + 1} x 100 lines of 400 bytes from the talker")
+
+
 require_postgres()
 tag = unique_tag("P")
 schema = f"mud_t{os.getpid()}_protocol"
@@ -118,6 +144,7 @@ try:
     ends_of_line(speaker, listener)
     overlong(speaker, listener)
     hostile_bytes(speaker, listener)
+    slow_reader(mud, speaker, tag)
     speaker.line("who")  # still alive and well
     speaker.expect(r"Players online: 2")
     speaker.line("quit")

@@ -74,7 +74,7 @@ try:
     third = Player(mud.port, "third")
     third.expect(r"known\? ")
     third.line(alice_name)
-    third.expect(r"That player is already here\.")
+    third.expect(r"That player is already here")
     third.line("1bad")
     third.expect(r"A name starts with a letter\.")
     third.close()

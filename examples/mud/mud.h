@@ -216,7 +216,6 @@ void telnet_io_destroy(TelnetIO *io);
 void telnet_io_receive(TelnetIO *io, const void *data, size_t length);
 /* Sends text ("\n" becomes CRLF, 0xFF is escaped): one socket write. */
 void telnet_io_print(TelnetIO *io, const char *text);
-void telnet_io_printf(TelnetIO *io, const char *format, ...) __attribute__((format(printf, 2, 3)));
 /* Copies `input` to `output` (capacity >= length + 1) keeping only printable
  * ASCII and well-formed UTF-8 (no C1 controls); invalid bytes become '?',
  * backspace and DEL erase, other control bytes vanish. Returns the length. */

@@ -11,7 +11,8 @@
  *           lines come back to on_line; the last call says why it ended
  *   write   every send (its timing shows how fast output leaves)
  *   idle    a one-shot timer, re-armed by every line: a silent player is
- *           told goodbye politely, saved, and disconnected
+ *           told goodbye politely, saved, and disconnected; when closing,
+ *           the close's deadline
  *   load    the query that creates or loads the player row
  *   save    the query that saves the player at the end
  *   close   the graceful close: queued output first, then FIN
@@ -23,8 +24,9 @@
  *
  * Invariants:
  * - Nothing here ends a session synchronously except from the session's own
- *   handlers; other sessions are only ever aborted (asynchronously), so
- *   lists being walked never lose their current element.
+ *   handlers (or the shutdown, outside any session's handler); another
+ *   session is only ever aborted from a posted callback, so lists being
+ *   walked never lose an element under the walker.
  * - Whatever a player types reaches this file already scrubbed (telnet_io).
  */
 #include <arpa/inet.h>
@@ -35,6 +37,8 @@
 #include <string.h>
 
 #include "mud.h"
+
+#define CLOSE_DEADLINE_NS MS_TO_NS(5000)
 
 /* Valgrind cannot see the kernel fill io_uring's provided buffers, so it
  * would call every received byte uninitialised; we tell it they are not.
@@ -52,6 +56,20 @@ static const char banner[] = "\n"
 
 /* ---- Output ------------------------------------------------------------- */
 
+/* Posted by on_telnet_send: aborts a session's connection from a fresh loop
+ * iteration, never from inside the handler of another flow (a broadcast)
+ * that is walking a list this session is in. The session may have ended
+ * meanwhile: that is why we carry its flow's id, not a pointer. */
+static void abort_later(PlexEventLoop *loop, void *argument)
+{
+    uint64_t id = (uint64_t)(uintptr_t)argument;
+    Plex *plex = plex_registry_lookup(plex_event_loop_registry(loop), id);
+    if (plex) {
+        Session *session = plex_user_data(plex);
+        plex_connection_abort(session->conn); /* the read ends: save, then end */
+    }
+}
+
 /* telnet_io hands us encoded bytes: one write each, which the engine copies,
  * queues behind earlier ones and coalesces. */
 static void on_telnet_send(void *context, const void *bytes, size_t length)
@@ -66,11 +84,12 @@ static void on_telnet_send(void *context, const void *bytes, size_t length)
     if (rc == -ENOTCONN)
         return; /* already closing: the goodbye was the last word */
     /* -ENOBUFS: the player does not read what we send (past MUD_WRITE_CAP
-     * queued); or the socket failed. Either way, let them go: the read ends
-     * with -ECANCELED and the session saves and ends. */
+     * queued); or the socket failed. Either way, let them go. */
     mud_log("session %s (%s): cannot send (%s): dropping the connection", session->peer,
             session->name, plex_error_name(rc));
-    plex_connection_abort(session->conn);
+    void *id = (void *)(uintptr_t)plex_id(session->plex); /* ids fit: 64-bit Linux */
+    if (plex_event_loop_post(session->mud->loop, abort_later, id) < 0)
+        plex_connection_abort(session->conn);
 }
 
 void session_print(Session *session, const char *text)
@@ -106,7 +125,12 @@ void session_close(Session *session)
         return;
     session->state = SESSION_CLOSING;
     world_leave(session);
+    /* The idle timer becomes the close's deadline: a peer that reads
+     * nothing cannot keep the close (which sends what is queued first)
+     * waiting forever. */
     plex_timer_cancel(session->idle_timer);
+    plex_timer_set_delay(session->idle_timer, CLOSE_DEADLINE_NS);
+    plex_timer_add(session->mud->loop, session->idle_timer);
     /* Fails only if the connection was aborted (or closed) already: then
      * there is nothing left to wait for. */
     if (plex_connection_close(session->conn, session->close) < 0)
@@ -208,7 +232,7 @@ static void session_login(Session *session, const char *typed)
     if (typed[0] == '\0')
         why = "Please type a name.";
     else if (players_canonical_name(typed, name, &why) == 0 && players_find(session->mud, name))
-        why = "That player is already here.";
+        why = "That player is already here (or just leaving: try again in a moment).";
     if (why) {
         session_printf(session, "%s\nBy what name are you known? ", why);
         return;
@@ -320,7 +344,11 @@ static void on_idle(Plex *plex, PlexItem *item, const PlexEvent *event)
     (void)event;
     Session *session = plex_item_user_data(item);
     double seconds = (double)session->mud->config.idle_ns / 1e9;
-    if (session->state == SESSION_LOGIN) {
+    if (session->state == SESSION_CLOSING) {
+        mud_log("session %s (%s): the peer reads nothing; aborting the close", session->peer,
+                session->name);
+        plex_connection_abort(session->conn); /* the close step is still told */
+    } else if (session->state == SESSION_LOGIN) {
         session_printf(session,
                        "\nYou were silent for %g seconds. Come back when you are ready. "
                        "Goodbye!\n",

@@ -238,8 +238,12 @@ int storage_start(Mud *mud)
     /* The connection belongs to the world flow, which lives for the whole
      * run; the startup flow only borrows it. */
     mud->pg = plex_postgres_create(mud->world, mud->config.conninfo);
-    if (!mud->pg)
-        return -errno;
+    if (!mud->pg) {
+        int rc = -errno;
+        /* Not printed: a connection string may hold a password. */
+        mud_log("startup: libpq cannot use the connection string (--pg): %s", plex_strerror(rc));
+        return rc;
+    }
     int rc = plex_postgres_set_pipeline(mud->pg, true);
     Plex *plex = rc == 0 ? plex_create(mud->registry, "startup") : NULL;
     Startup *startup = plex ? startup_create(mud, plex) : NULL;

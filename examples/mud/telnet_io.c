@@ -35,7 +35,7 @@ struct TelnetIO {
     void *context;
     bool after_cr;   /* the previous byte ended a line with CR */
     bool discarding; /* the current line is over the cap */
-    bool receiving;  /* inside telnet_recv */
+    unsigned depth;  /* calls into libtelnet on the stack */
     bool destroyed;  /* telnet_io_destroy was called: deliver nothing more */
     unsigned errors; /* protocol errors logged so far */
     size_t line_length;
@@ -245,7 +245,7 @@ TelnetIO *telnet_io_create(PlexArena *arena, const TelnetIOHandlers *handlers, v
 }
 
 /* A session may end while one of its lines is being handled, that is,
- * inside telnet_recv: libtelnet's state is then freed when telnet_recv has
+ * inside telnet_recv: libtelnet's state is then freed once telnet_recv has
  * returned, not under its feet. (The TelnetIO itself is in the flow's arena,
  * which the engine keeps until the running handler returns.) */
 void telnet_io_destroy(TelnetIO *io)
@@ -253,22 +253,26 @@ void telnet_io_destroy(TelnetIO *io)
     if (!io || io->destroyed)
         return;
     io->destroyed = true;
-    if (!io->receiving)
+    if (io->depth == 0)
         telnet_free(io->telnet);
+}
+
+/* After a call into libtelnet: false if the session ended meanwhile. */
+static bool leave_libtelnet(TelnetIO *io)
+{
+    if (--io->depth == 0 && io->destroyed)
+        telnet_free(io->telnet);
+    return !io->destroyed;
 }
 
 void telnet_io_receive(TelnetIO *io, const void *data, size_t length)
 {
     if (io->destroyed)
         return;
-    io->receiving = true;
+    io->depth++;
     telnet_recv(io->telnet, data, length);
-    io->receiving = false;
-    if (io->destroyed) {
-        telnet_free(io->telnet);
-        return;
-    }
-    flush_output(io); /* negotiation replies libtelnet made, if any */
+    if (leave_libtelnet(io))
+        flush_output(io); /* negotiation replies libtelnet made, if any */
 }
 
 void telnet_io_print(TelnetIO *io, const char *text)
@@ -277,17 +281,8 @@ void telnet_io_print(TelnetIO *io, const char *text)
         return;
     /* "%s": the text is data, never a format. telnet_printf turns "\n" into
      * CRLF and escapes IAC. */
+    io->depth++;
     telnet_printf(io->telnet, "%s", text);
-    flush_output(io);
-}
-
-void telnet_io_printf(TelnetIO *io, const char *format, ...)
-{
-    char text[1024];
-    va_list arguments;
-    va_start(arguments, format);
-    int length = vsnprintf(text, sizeof(text), format, arguments);
-    va_end(arguments);
-    if (length >= 0)
-        telnet_io_print(io, text); /* longer texts are cut: use telnet_io_print */
+    if (leave_libtelnet(io))
+        flush_output(io);
 }
