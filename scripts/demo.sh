@@ -41,7 +41,9 @@ if [[ -x build/bin/samplex-mud ]]; then
 
       telnet 127.0.0.1 4000
 
-  Press Ctrl-C here to stop it.
+  or with a MUD client, e.g. tintin++: tt++, then #session mud 127.0.0.1 4000
+  Type a name to log in, then 'help'. Press Ctrl-C here to stop it: the
+  players are told and saved first.
 
 EOF
     build/bin/samplex-mud --port 4000 "$@"
