@@ -485,6 +485,38 @@ static void test_idle_does_not_spin(void **state)
     assert_int_equal(plex_destroy(owner), 0);
 }
 
+/* ---- A big parameter: POLLOUT while libpq has unsent bytes ---------------- */
+
+static void test_large_parameter(void **state)
+{
+    PgFixture *fixture = *state;
+    Plex *owner;
+    PlexPostgres *pg = pg_connect_now(fixture, &owner, NULL);
+    const size_t size = 16u << 20; /* far more than a socket buffer */
+    char *big = malloc(size + 1);
+    assert_non_null(big);
+    for (size_t i = 0; i < size; i++)
+        big[i] = (char)('a' + i % 26);
+    big[size] = '\0';
+    const char *values[1] = {big};
+    PlexPostgresParams params = {.count = 1, .values = values};
+    PgCalls calls = {0};
+    PlexItem *item = pg_counting_item(owner, "big", &calls);
+    PlexEventLoopStats before, after;
+    assert_int_equal(plex_event_loop_stats(fixture->loop, &before), 0);
+    assert_int_equal(plex_postgres_query_params(pg, item, "SELECT length($1), md5($1)", &params),
+                     0);
+    memset(big, 0, size); /* sent or copied already: the call kept nothing */
+    PG_RUN_UNTIL(fixture->loop, calls.last == 1);
+    assert_int_equal(plex_event_loop_stats(fixture->loop, &after), 0);
+    assert_int_equal(calls.success, 1);
+    assert_int_equal(atoi(calls.value), (int)size);
+    /* Each wake-up moved data: no spinning on a writable socket. */
+    assert_true(after.iterations - before.iterations < 5000);
+    free(big);
+    assert_int_equal(plex_destroy(owner), 0);
+}
+
 /* ---- Rule 6: no allocation per query in steady state -------------------- */
 
 typedef struct Counting {
@@ -583,6 +615,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_syntax_error_sqlstate, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_large_result, pg_fixture_setup, pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_large_parameter, pg_fixture_setup,
+                                        pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_prepared, pg_fixture_setup, pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_queue_order_and_cap, pg_fixture_setup,
                                         pg_fixture_teardown),

@@ -60,10 +60,11 @@ static int poll_arm(PlexPostgres *pg, unsigned mask)
         struct io_uring_sqe *sqe = plex_loop_sqe(loop, NULL);
         if (!sqe)
             return -EBUSY;
+        /* The kernel refuses a new user_data without
+         * IORING_POLL_UPDATE_USER_DATA: pass 0, the op stays the same. */
         uint64_t user_data = (uint64_t)(uintptr_t)pg->poll_op;
         pg->poll_mask |= mask;
-        io_uring_prep_poll_update(sqe, user_data, user_data, pg->poll_mask,
-                                  IORING_POLL_UPDATE_EVENTS);
+        io_uring_prep_poll_update(sqe, user_data, 0, pg->poll_mask, IORING_POLL_UPDATE_EVENTS);
         return 0;
     }
     int fd = PQsocket(pg->conn);
