@@ -117,6 +117,55 @@ static void test_error_aborts_only_its_sync_group(void **state)
     free(batch);
 }
 
+/* ---- Heavy both ways: no deadlock --------------------------------------- */
+
+#define HEAVY_COUNT 2000
+#define HEAVY_SIZE 8192
+
+typedef struct Heavy {
+    int done;
+    int bad;
+} Heavy;
+
+static void heavy_result(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)item;
+    Heavy *heavy = plex_user_data(plex);
+    heavy->done++;
+    if (event->result != 1 || PQgetlength(event->pg_result, 0, 0) != HEAVY_SIZE)
+        heavy->bad++;
+}
+
+static void heavy_error(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)item;
+    (void)event;
+    Heavy *heavy = plex_user_data(plex);
+    heavy->done++;
+    heavy->bad++;
+}
+
+static void test_heavy_both_ways(void **state)
+{
+    PgFixture *fixture = *state;
+    Plex *owner;
+    PlexPostgres *pg = pipeline_connect(fixture, &owner);
+    Heavy heavy = {0};
+    plex_set_user_data(owner, &heavy);
+    PlexItem *item = plex_item_create(owner, "echo", heavy_result, heavy_error, NULL, NULL);
+    static char payload[HEAVY_SIZE + 1];
+    memset(payload, 'p', HEAVY_SIZE);
+    const char *values[1] = {payload};
+    PlexPostgresParams params = {.count = 1, .values = values};
+    /* 16 MiB out and 16 MiB back in one pipeline: the socket buffers fill
+     * both ways, so reading and writing must interleave. */
+    for (int i = 0; i < HEAVY_COUNT; i++)
+        assert_int_equal(plex_postgres_query_params(pg, item, "SELECT $1::text", &params), 0);
+    PG_RUN_UNTIL(fixture->loop, heavy.done == HEAVY_COUNT);
+    assert_int_equal(heavy.bad, 0);
+    assert_int_equal(plex_destroy(owner), 0);
+}
+
 /* ---- Many flows, one round trip ------------------------------------------- */
 
 #define FLOW_COUNT 100
@@ -223,6 +272,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_thousand_with_one_failing, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_error_aborts_only_its_sync_group, pg_fixture_setup,
+                                        pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_heavy_both_ways, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_many_flows_batched, pg_fixture_setup,
                                         pg_fixture_teardown),
