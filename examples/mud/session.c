@@ -202,6 +202,8 @@ static void session_disconnected(Session *session)
 
 /* ---- Logging in --------------------------------------------------------- */
 
+static void session_touch(Session *session);
+
 static void typeahead_push(Session *session, const char *line, size_t length)
 {
     if (session->typeahead_length + length + 1 > sizeof(session->typeahead)) {
@@ -276,6 +278,7 @@ void session_loaded(Session *session, const char *room_id, long logins)
     world_enter(room ? room : mud->start_room, session);
     mud_log("session %s: %s %s, in %s", session->peer, session->name,
             session->created ? "created" : "restored", session->room->id);
+    session_touch(session); /* the idle deadline starts again from here */
     commands_look(session);
     typeahead_replay(session);
     if (session->state == SESSION_PLAYING && !session->reading)
@@ -422,9 +425,13 @@ static Session *session_create(Mud *mud, Plex *plex, PlexConnection *conn)
         !session->close)
         return NULL;
     session->idle_timer = plex_timer_create(plex, session->idle, mud->config.idle_ns, false);
+    if (!session->idle_timer)
+        return NULL;
+    /* Last: libtelnet's state is the one thing that needs the end handler
+     * (set by session_begin) to be freed. */
     static const TelnetIOHandlers handlers = {on_line, on_overlong, on_telnet_send};
     session->telnet = telnet_io_create(plex_arena(plex), &handlers, session);
-    if (!session->idle_timer || !session->telnet)
+    if (!session->telnet)
         return NULL;
     plex_connection_set_write_cap(conn, MUD_WRITE_CAP);
     return session;
@@ -468,7 +475,7 @@ void session_on_accept(Plex *plex, PlexItem *item, const PlexEvent *event)
     int rc = session ? session_begin(session) : -ENOMEM;
     if (rc < 0) {
         mud_log("cannot start a session for %s: %s", peer, plex_error_name(rc));
-        plex_destroy(flow);
+        plex_destroy(flow); /* session_begin set the end handler: it frees the rest */
     }
 }
 

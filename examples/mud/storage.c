@@ -369,10 +369,13 @@ static void on_batch_result(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
     (void)item;
     SaveBatch *batch = plex_user_data(plex);
-    if (event->result < 0 && batch->failed++ == 0)
-        log_query_error(batch->final ? "final save" : "autosave", event);
-    else if (event->result >= 0)
+    if (event->result >= 0) {
         batch->saved++;
+    } else {
+        if (batch->failed == 0) /* in a pipeline, one failure takes the rest along */
+            log_query_error(batch->final ? "final save" : "autosave", event);
+        batch->failed++;
+    }
     if (--batch->pending == 0)
         plex_finish(plex);
 }
