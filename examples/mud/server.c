@@ -4,13 +4,13 @@
  * shares: the Postgres connection, the listener, the tick and the autosave.
  * Its steps:
  *
- *   accept     multishot accept: one session flow per connection
- *   tick       recurring timer: the world tick (world.c)
- *   autosave   recurring timer: every player saved in one batch (storage.c)
- *   deadline   one-shot timer: a shutdown that takes too long gives up
+ *   accept        multishot accept: one session flow per connection
+ *   tick          recurring timer: the world tick (world.c)
+ *   autosave      recurring timer: every player saved in one batch (storage.c)
+ *   deadline      one-shot timer: a shutdown that takes too long gives up
  *   pg-reconnect  reconnects Postgres when it was lost (storage.c), then
  *   search-path   puts the private schema (--schema) back on the path
- *   pg-close   the graceful close of the Postgres connection, last of all
+ *   pg-close      the graceful close of the Postgres connection, last of all
  *
  * Shutdown (SIGINT/SIGTERM) is a sequence of continuations, each started by
  * the end of the previous one:
@@ -23,6 +23,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "mud.h"
 
@@ -131,8 +132,11 @@ int mud_world_start(Mud *mud)
         return rc;
     }
     mud->phase = MUD_RUNNING;
-    /* The line scripts and tests wait for; with --port 0 it has the port. */
-    printf("listening on %s:%d\n", config->host, plex_listener_port(mud->listener));
+    /* The line scripts and tests wait for; with --port 0 it has the port.
+     * An IPv6 address is bracketed so that the port stays unambiguous. */
+    bool ipv6 = strchr(config->host, ':') != NULL;
+    printf("listening on %s%s%s:%d\n", ipv6 ? "[" : "", config->host, ipv6 ? "]" : "",
+           plex_listener_port(mud->listener));
     fflush(stdout);
     return 0;
 }
