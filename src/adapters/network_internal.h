@@ -79,7 +79,7 @@ struct PlexConnection {
 /* A client connection carries the address it connects to. */
 typedef struct ClientConnection {
     PlexConnection conn;
-    const PlexAllocator *allocator; /* its registry's: outlives the flow */
+    PlexAllocator allocator; /* a copy: the flow (and its copy) may go first */
     struct sockaddr_storage target;
     socklen_t target_length;
 } ClientConnection;

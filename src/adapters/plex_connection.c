@@ -47,7 +47,8 @@ static void conn_free(PlexConnection *conn)
     plex_resource_detach(&conn->resource);
     if (conn->flags & CONN_CLIENT) {
         ClientConnection *client = (ClientConnection *)conn;
-        plex_mem_free(client->allocator, client);
+        PlexAllocator allocator = client->allocator;
+        plex_mem_free(&allocator, client);
     } else {
         net_connection_free(conn->loop, conn);
     }
@@ -232,11 +233,11 @@ PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t po
         errno = ENOMEM;
         return NULL;
     }
-    client->allocator = plex_allocator(plex);
+    client->allocator = *plex_allocator(plex);
     int rc = net_resolve(host, port, false, &client->target, &client->target_length);
     int fd = rc < 0 ? rc : net_socket(client->target.ss_family);
     if (fd < 0) {
-        plex_mem_free(client->allocator, client);
+        plex_mem_free(plex_allocator(plex), client);
         errno = -fd;
         return NULL;
     }

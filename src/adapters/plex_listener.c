@@ -11,7 +11,7 @@
  *   accept item's flow has ended; then the last call (-ECANCELED) is made.
  * - The socket is closed (plain close(2)) only once neither the accept nor
  *   the backoff is in the kernel (DESIGN rule 3).
- * - Memory is the adapter's (the registry's allocator); it is freed once the
+ * - Memory is the adapter's (a copy of the flow's allocator); it is freed once the
  *   listener is doomed, closed, has no op and nothing holds it.
  */
 #include <errno.h>
@@ -29,12 +29,12 @@
 #define BACKOFF_MAX_MS 1000u
 
 struct PlexListener {
-    PlexResource resource;          /* owned by its flow */
-    PlexEventLoop *loop;            /* set by the first accept */
-    const PlexAllocator *allocator; /* the registry's: outlives the flow */
-    PlexOp *accept_op;              /* the accept, until its last call */
-    PlexOp *backoff_op;             /* the retry timeout while descriptors are short */
-    uint32_t backoff_ms;            /* the last backoff; 0 after a success */
+    PlexResource resource;   /* owned by its flow */
+    PlexEventLoop *loop;     /* set by the first accept */
+    PlexAllocator allocator; /* a copy: the flow (and its copy) may go first */
+    PlexOp *accept_op;       /* the accept, until its last call */
+    PlexOp *backoff_op;      /* the retry timeout while descriptors are short */
+    uint32_t backoff_ms;     /* the last backoff; 0 after a success */
     int fd;
     uint16_t port;
     uint16_t holds; /* completion functions running for it */
@@ -50,8 +50,9 @@ static void listener_progress(PlexListener *listener)
         listener->fd = -1;
     }
     if ((listener->flags & LISTENER_DOOMED) && listener->fd < 0) {
+        PlexAllocator allocator = listener->allocator;
         plex_resource_detach(&listener->resource);
-        plex_mem_free(listener->allocator, listener);
+        plex_mem_free(&allocator, listener);
     }
 }
 
@@ -271,11 +272,11 @@ PlexListener *plex_listener_create(Plex *plex, const char *host, uint16_t port,
         errno = ENOMEM;
         return NULL;
     }
-    listener->allocator = plex_allocator(plex);
+    listener->allocator = *plex_allocator(plex);
     listener->fd = listener_socket(host, port, options, &listener->port);
     if (listener->fd < 0) {
         errno = -listener->fd;
-        plex_mem_free(listener->allocator, listener);
+        plex_mem_free(plex_allocator(plex), listener);
         return NULL;
     }
     plex_link_init(&listener->resource.link);
