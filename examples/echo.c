@@ -143,20 +143,49 @@ static void on_accept_end(Plex *plex, PlexItem *item, const PlexEvent *event)
         fprintf(stderr, "accept stopped: %s\n", plex_strerror(event->result));
 }
 
-/* ---- Threads, one loop each --------------------------------------------- */
-
-static void *worker_run(void *argument)
+static sigset_t stop_signals(void)
 {
-    Worker *worker = argument;
-    /* A loop is created and run on the same thread (single issuer ring). */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    return signals;
+}
+
+/* ---- Loops, one per thread ---------------------------------------------- */
+
+static Worker workers[MAX_THREADS];
+static int worker_count;
+
+static void on_signal(int signal_number)
+{
+    (void)signal_number;
+    for (int i = 0; i < worker_count; i++)
+        plex_event_loop_stop(workers[i].loop); /* safe in a signal handler */
+}
+
+/* A loop is created and run on the same thread (its ring has one issuer). */
+static void worker_start(Worker *worker)
+{
     worker->loop = plex_event_loop_create(worker->registry);
     worker->status = worker->loop
                          ? plex_listener_accept(worker->loop, worker->listener, worker->accept)
                          : -errno;
-    pthread_barrier_wait(worker->ready);
+}
+
+static void worker_serve(Worker *worker)
+{
     if (worker->status == 0)
         plex_event_loop_run(worker->loop);
-    plex_event_loop_destroy(worker->loop); /* ends every flow: closes every connection */
+    plex_event_loop_destroy(worker->loop); /* ends its flows: closes every connection */
+}
+
+static void *worker_thread(void *argument)
+{
+    Worker *worker = argument;
+    worker_start(worker);
+    pthread_barrier_wait(worker->ready);
+    worker_serve(worker);
     return NULL;
 }
 
@@ -188,31 +217,12 @@ static int parse_args(int argc, char **argv, const char **host, long *port, long
                : -1;
 }
 
-static sigset_t stop_signals(void)
-{
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    return signals;
-}
-
-static void wait_for_signal(void)
-{
-    sigset_t signals = stop_signals();
-    int signal_number;
-    sigwait(&signals, &signal_number);
-}
-
+/* The listeners are made first: the first learns the port (0: the kernel
+ * picks), the others share it. Worker 0 runs on this thread. */
 static int serve(PlexRegistry *registry, const char *host, uint16_t port, int threads)
 {
-    static Worker workers[MAX_THREADS];
-    pthread_barrier_t ready;
-    pthread_barrier_init(&ready, NULL, (unsigned)threads + 1);
     for (int i = 0; i < threads; i++) {
-        workers[i] = (Worker){.registry = registry, .ready = &ready};
-        /* The first listener learns the port (0: the kernel's pick); the
-         * others share it. */
+        workers[i] = (Worker){.registry = registry};
         int rc = worker_prepare(&workers[i], host, port, threads > 1);
         if (rc < 0) {
             fprintf(stderr, "cannot listen on %s:%u: %s\n", host, port, plex_strerror(rc));
@@ -220,23 +230,33 @@ static int serve(PlexRegistry *registry, const char *host, uint16_t port, int th
         }
         port = (uint16_t)plex_listener_port(workers[i].listener);
     }
-    for (int i = 0; i < threads; i++)
-        pthread_create(&workers[i].thread, NULL, worker_run, &workers[i]);
-    pthread_barrier_wait(&ready);
+    pthread_barrier_t ready;
+    pthread_barrier_init(&ready, NULL, (unsigned)threads);
+    for (int i = 1; i < threads; i++) {
+        workers[i].ready = &ready;
+        pthread_create(&workers[i].thread, NULL, worker_thread, &workers[i]);
+    }
+    worker_start(&workers[0]);
+    pthread_barrier_wait(&ready); /* every loop exists and accepts */
+    worker_count = threads;
     int status = 0;
     for (int i = 0; i < threads; i++)
-        if (workers[i].status < 0 && !status) {
+        if (workers[i].status < 0) {
             fprintf(stderr, "cannot serve: %s\n", plex_strerror(workers[i].status));
             status = 1;
         }
+    sigset_t signals = stop_signals();
     if (status == 0) {
         printf("listening on %s:%u\n", host, port);
         fflush(stdout);
-        wait_for_signal();
+        /* Blocked so far: the handler needs every loop to exist. */
+        pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
+        plex_event_loop_run(workers[0].loop);
+        pthread_sigmask(SIG_BLOCK, &signals, NULL); /* no handler once loops go */
     }
-    for (int i = 0; i < threads; i++)
-        plex_event_loop_stop(workers[i].loop); /* safe from any thread */
-    for (int i = 0; i < threads; i++)
+    on_signal(0); /* stop the other loops too */
+    plex_event_loop_destroy(workers[0].loop);
+    for (int i = 1; i < threads; i++)
         pthread_join(workers[i].thread, NULL);
     pthread_barrier_destroy(&ready);
     return status;
@@ -250,9 +270,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s --port N [--host ADDR] [--threads N]\n", argv[0]);
         return 2;
     }
-    /* Signals are taken by sigwait in main; every thread inherits the mask. */
+    /* SIGINT and SIGTERM stop the loops. They stay blocked in the worker
+     * threads (which inherit this mask), so the handler runs on this one. */
     sigset_t signals = stop_signals();
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
 
     PlexRegistry *registry = plex_registry_create();
     if (!registry) {
