@@ -11,9 +11,14 @@
  *   connection left unattached), its socket is closed, none of its ops is in
  *   use, and no completion function is running for it (holds == 0).
  * - Every op of a connection is in the kernel, except queued write ops
- *   (finished by the send in flight) and a close op waiting for the flush or
- *   for cancels (submitted once those complete). So the loop's drain, which
- *   cancels what the kernel holds, always ends.
+ *   (finished by their send), a close op waiting for the output to drain or
+ *   for cancels (submitted once those complete), and a send op scheduled for
+ *   the module's flush (on flush_pending). The loop's drain runs no flush,
+ *   but it only follows an abort of every connection, and aborting turns a
+ *   scheduled send into a NOP through the kernel. So the drain, which cancels
+ *   what the kernel holds, always ends.
+ * - Sends are prepared by the flush hook, right before the loop enters the
+ *   kernel: everything written during an iteration leaves in one send.
  * - Output is a list of fixed-size chunks from a per-loop free list; an idle
  *   connection holds none. bytes_queued = queued_end - bytes_sent.
  */
@@ -63,6 +68,7 @@ struct PlexConnection {
     PlexOp *close_op;      /* from close() or abort until the socket is closed */
     NetChunk *out_head;    /* output, oldest first */
     NetChunk *out_tail;
+    PlexLink flush_link; /* on the module's flush_pending while a send waits */
     PlexOp *writes_head; /* write ops waiting for their bytes, in order */
     PlexOp *writes_tail;
     uint64_t queued_end; /* stream offset after the last byte queued */
@@ -93,6 +99,9 @@ void net_chunk_put(PlexEventLoop *loop, NetChunk *chunk);
 PlexConnection *net_connection_alloc(PlexEventLoop *loop);
 void net_connection_free(PlexEventLoop *loop, PlexConnection *conn);
 
+/* Has the connection's send prepared by the next flush (idempotent). */
+void net_flush_schedule(PlexConnection *conn);
+
 /* Resolves host:port (host NULL: "0.0.0.0"). 0, -EINVAL, -EHOSTUNREACH. */
 int net_resolve(const char *host, uint16_t port, bool passive, struct sockaddr_storage *address,
                 socklen_t *length);
@@ -120,5 +129,7 @@ void conn_read_cancel(PlexConnection *conn);
 void conn_send_cancel(PlexConnection *conn);
 /* Drops queued output (freeing its chunks) after the send is over. */
 void conn_output_drop(PlexConnection *conn);
+/* The flush: submits the connection's scheduled send, or ends it. */
+void conn_send_flush(PlexConnection *conn);
 
 #endif

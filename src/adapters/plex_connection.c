@@ -26,6 +26,7 @@ static void conn_release(PlexResource *resource);
 static void conn_init(PlexConnection *conn, int fd)
 {
     plex_link_init(&conn->resource.link);
+    plex_link_init(&conn->flush_link);
     conn->resource.plex = NULL;
     conn->fd = fd;
     conn->write_cap = (uint32_t)PLEX_CONNECTION_DEFAULT_WRITE_CAP;

@@ -15,9 +15,10 @@
  *   at most NET_SEND_IOVECS chunks, a short send consumes what was sent and
  *   the next send starts from there. Write ops are queued in order with the
  *   stream offset their last byte reaches; each succeeds when bytes_sent
- *   passes it. While output is queued, a send op exists (armed in the
- *   kernel, or being completed); when the connection stops sending (error,
- *   abort) the remaining writes fail and the output is dropped.
+ *   passes it. While output is queued, a send op exists: scheduled for the
+ *   flush (which prepares one send for all that the iteration wrote), armed
+ *   in the kernel, or being completed. When the connection stops sending
+ *   (error, abort) the remaining writes fail and the output is dropped.
  */
 #include <errno.h>
 #include <limits.h>
@@ -289,33 +290,67 @@ static bool send_continues(const PlexConnection *conn)
            (conn->state == CONN_OPEN || conn->state == CONN_CLOSING);
 }
 
+/* The connection stops sending: the writes left fail, the output goes. */
+static void send_finish(PlexConnection *conn)
+{
+    int error = conn->state == CONN_ABORTING || !conn->error ? -ECANCELED : conn->error;
+    PlexOp *op = conn->send_op;
+    conn->send_op = NULL;
+    conn_output_drop(conn);
+    plex_loop_op_put(conn->loop, op);
+    writes_fail(conn, error);
+}
+
+void conn_send_flush(PlexConnection *conn)
+{
+    conn_hold(conn);
+    struct io_uring_sqe *sqe =
+        send_continues(conn) ? plex_loop_sqe(conn->loop, conn->send_op) : NULL;
+    if (sqe)
+        send_prep(conn, conn->send_op, sqe);
+    else
+        send_finish(conn);
+    conn_unhold(conn);
+}
+
 static void send_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
 {
+    (void)loop;
     PlexConnection *conn = op->owner;
     conn_hold(conn);
     conn->flags &= (uint8_t)~CONN_SEND_ARMED;
     if (cqe->res > 0)
         output_consume(conn, (size_t)cqe->res);
     else if (!conn->error)
-        conn->error = cqe->res < 0 ? cqe->res : -EPIPE; /* 0 bytes of a non-empty send */
+        conn->error = cqe->res < 0 ? cqe->res : -EPIPE; /* 0 bytes, or the NOP of an abort */
     writes_succeed(conn);
-    struct io_uring_sqe *sqe = send_continues(conn) ? plex_loop_sqe(loop, op) : NULL;
-    if (sqe) {
-        send_prep(conn, op, sqe);
-    } else {
-        int error = conn->state == CONN_ABORTING || !conn->error ? -ECANCELED : conn->error;
-        conn->send_op = NULL;
-        conn_output_drop(conn);
-        plex_loop_op_put(loop, op);
-        writes_fail(conn, error);
-    }
+    /* The rest leaves at the flush, with whatever handlers write meanwhile. */
+    if (send_continues(conn))
+        net_flush_schedule(conn);
+    else
+        send_finish(conn);
     conn_unhold(conn);
 }
 
 void conn_send_cancel(PlexConnection *conn)
 {
-    if (conn->flags & CONN_SEND_ARMED)
+    if (conn->flags & CONN_SEND_ARMED) {
         plex_loop_cancel(conn->loop, conn->send_op);
+        return;
+    }
+    if (plex_link_empty(&conn->flush_link))
+        return; /* its completion is running: that sees the abort */
+    /* Scheduled for a flush that may never come (the loop being destroyed
+     * runs none): send the op through the kernel as a no-op instead, so its
+     * completion fails the writes from the loop, not from inside abort. */
+    plex_link_remove(&conn->flush_link);
+    struct io_uring_sqe *sqe = plex_loop_sqe(conn->loop, conn->send_op);
+    if (!sqe) {
+        send_finish(conn); /* the ring is broken */
+        return;
+    }
+    io_uring_prep_nop(sqe);
+    conn->flags |= CONN_SEND_ARMED;
 }
 
 static int write_check(const PlexConnection *conn, const void *data, size_t length)
@@ -331,22 +366,6 @@ static int write_check(const PlexConnection *conn, const void *data, size_t leng
     return 0;
 }
 
-/* The send op and its SQE, taken before the bytes are queued so that a
- * failure leaves nothing behind. */
-static int send_reserve(PlexConnection *conn, PlexOp **op, struct io_uring_sqe **sqe)
-{
-    *op = plex_loop_op_get(conn->loop, send_complete, NULL, conn);
-    if (!*op)
-        return -ENOMEM;
-    plex_loop_op_keep_alive(conn->loop, *op);
-    *sqe = plex_loop_sqe(conn->loop, *op);
-    if (!*sqe) {
-        plex_loop_op_put(conn->loop, *op);
-        return -EBUSY;
-    }
-    return 0;
-}
-
 int plex_connection_write(PlexConnection *conn, PlexItem *item, const void *data, size_t length)
 {
     if (!conn)
@@ -354,20 +373,21 @@ int plex_connection_write(PlexConnection *conn, PlexItem *item, const void *data
     int rc = write_check(conn, data, length);
     if (rc < 0)
         return rc;
+    /* Every record first, the bytes last: a failure leaves nothing behind. */
     PlexOp *write_op = NULL, *send_op = NULL;
-    struct io_uring_sqe *sqe = NULL;
     if (item && !(write_op = plex_loop_op_get(conn->loop, NULL, item, conn)))
         return -errno;
-    if (!conn->send_op)
-        rc = send_reserve(conn, &send_op, &sqe);
+    if (!conn->send_op) {
+        send_op = plex_loop_op_get(conn->loop, send_complete, NULL, conn);
+        if (send_op)
+            plex_loop_op_keep_alive(conn->loop, send_op);
+        rc = send_op ? 0 : -ENOMEM;
+    }
     if (rc == 0)
         rc = output_append(conn, data, length);
     if (rc < 0) {
-        if (sqe) {
-            io_uring_prep_nop(sqe);
-            io_uring_sqe_set_data(sqe, NULL);
+        if (send_op)
             plex_loop_op_put(conn->loop, send_op);
-        }
         if (write_op)
             plex_loop_op_put(conn->loop, write_op);
         return rc;
@@ -376,7 +396,7 @@ int plex_connection_write(PlexConnection *conn, PlexItem *item, const void *data
         writes_push(conn, write_op, length);
     if (send_op) {
         conn->send_op = send_op;
-        send_prep(conn, send_op, sqe);
+        net_flush_schedule(conn);
     }
     return 0;
 }

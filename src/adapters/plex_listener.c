@@ -96,13 +96,15 @@ static void accept_finish(PlexListener *listener, int result)
 }
 
 /* Hands an accepted socket to the accept handler. A connection the handler
- * neither attached nor destroyed is closed: nobody owns it. */
+ * neither attached nor destroyed is closed: nobody owns it. So is one that
+ * the kernel accepted after plex_listener_close (nothing else uses it yet,
+ * so a plain close(2) is safe). */
 static void accept_deliver(PlexListener *listener, int fd)
 {
     listener->backoff_ms = 0;
-    PlexConnection *conn = conn_accepted(listener->loop, fd);
+    PlexConnection *conn = accept_continues(listener) ? conn_accepted(listener->loop, fd) : NULL;
     if (!conn) {
-        close(fd); /* out of memory: drop this peer, keep serving the others */
+        close(fd); /* closing, or out of memory: drop this peer, serve the others */
         return;
     }
     PlexEvent event = {

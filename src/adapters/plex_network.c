@@ -11,6 +11,8 @@
  * - Connection slabs are never returned to the system before fini: a freed
  *   connection goes on the free list for the next accept (no allocation in
  *   steady state).
+ * - flush_pending lists the connections whose send waits for the flush hook,
+ *   which runs once per iteration right before the loop enters the kernel.
  * - At most NET_CHUNK_KEEP free chunks are kept; past that a chunk goes back
  *   to the allocator, so one burst does not pin its memory for good.
  */
@@ -37,6 +39,7 @@ typedef struct ConnSlab {
 } ConnSlab;
 
 typedef struct NetModule {
+    PlexLink flush_pending; /* PlexConnection.flush_link */
     NetChunk *free_chunks;
     unsigned free_chunk_count;
     ConnSlab *slabs;
@@ -59,16 +62,38 @@ static void net_module_fini(PlexEventLoop *loop, void *state)
     plex_mem_free(loop->allocator, module);
 }
 
+static void net_module_flush(PlexEventLoop *loop, void *state)
+{
+    (void)loop;
+    NetModule *module = state;
+    /* A flush may run write handlers that write again: loop until empty. */
+    while (!plex_link_empty(&module->flush_pending)) {
+        PlexLink *link = module->flush_pending.next;
+        plex_link_remove(link);
+        conn_send_flush(PLEX_CONTAINER_OF(link, PlexConnection, flush_link));
+    }
+}
+
 static NetModule *net_module(PlexEventLoop *loop)
 {
     PlexLoopModule *slot = &loop->modules[PLEX_MODULE_NETWORK];
     if (!slot->state) {
-        slot->state = plex_mem_calloc(loop->allocator, sizeof(NetModule));
-        if (!slot->state)
+        NetModule *module = plex_mem_calloc(loop->allocator, sizeof(NetModule));
+        if (!module)
             return NULL;
+        plex_link_init(&module->flush_pending);
+        slot->state = module;
         slot->fini = net_module_fini;
+        slot->flush = net_module_flush;
     }
     return slot->state;
+}
+
+void net_flush_schedule(PlexConnection *conn)
+{
+    NetModule *module = conn->loop->modules[PLEX_MODULE_NETWORK].state;
+    if (plex_link_empty(&conn->flush_link))
+        plex_link_insert_tail(&module->flush_pending, &conn->flush_link);
 }
 
 /* ---- Output chunks ----------------------------------------------------- */
