@@ -46,7 +46,6 @@ typedef struct Worker {
     PlexListener *listener;
     PlexItem *accept;
     PlexEventLoop *loop;
-    pthread_barrier_t *ready;
     int status; /* 0, or why this worker cannot serve */
 } Worker;
 
@@ -156,6 +155,8 @@ static sigset_t stop_signals(void)
 
 static Worker workers[MAX_THREADS];
 static int worker_count;
+static pthread_barrier_t all_ready;   /* every loop exists and accepts */
+static pthread_barrier_t all_stopped; /* no loop runs: none is stopped any more */
 
 static void on_signal(int signal_number)
 {
@@ -173,19 +174,15 @@ static void worker_start(Worker *worker)
                          : -errno;
 }
 
-static void worker_serve(Worker *worker)
-{
-    if (worker->status == 0)
-        plex_event_loop_run(worker->loop);
-    plex_event_loop_destroy(worker->loop); /* ends its flows: closes every connection */
-}
-
 static void *worker_thread(void *argument)
 {
     Worker *worker = argument;
     worker_start(worker);
-    pthread_barrier_wait(worker->ready);
-    worker_serve(worker);
+    pthread_barrier_wait(&all_ready);
+    if (worker->status == 0)
+        plex_event_loop_run(worker->loop);
+    pthread_barrier_wait(&all_stopped);
+    plex_event_loop_destroy(worker->loop); /* ends its flows: closes every connection */
     return NULL;
 }
 
@@ -230,14 +227,12 @@ static int serve(PlexRegistry *registry, const char *host, uint16_t port, int th
         }
         port = (uint16_t)plex_listener_port(workers[i].listener);
     }
-    pthread_barrier_t ready;
-    pthread_barrier_init(&ready, NULL, (unsigned)threads);
-    for (int i = 1; i < threads; i++) {
-        workers[i].ready = &ready;
+    pthread_barrier_init(&all_ready, NULL, (unsigned)threads);
+    pthread_barrier_init(&all_stopped, NULL, (unsigned)threads);
+    for (int i = 1; i < threads; i++)
         pthread_create(&workers[i].thread, NULL, worker_thread, &workers[i]);
-    }
     worker_start(&workers[0]);
-    pthread_barrier_wait(&ready); /* every loop exists and accepts */
+    pthread_barrier_wait(&all_ready);
     worker_count = threads;
     int status = 0;
     for (int i = 0; i < threads; i++)
@@ -254,11 +249,13 @@ static int serve(PlexRegistry *registry, const char *host, uint16_t port, int th
         plex_event_loop_run(workers[0].loop);
         pthread_sigmask(SIG_BLOCK, &signals, NULL); /* no handler once loops go */
     }
-    on_signal(0); /* stop the other loops too */
+    on_signal(0); /* stop the other loops too, before any is destroyed */
+    pthread_barrier_wait(&all_stopped);
     plex_event_loop_destroy(workers[0].loop);
     for (int i = 1; i < threads; i++)
         pthread_join(workers[i].thread, NULL);
-    pthread_barrier_destroy(&ready);
+    pthread_barrier_destroy(&all_ready);
+    pthread_barrier_destroy(&all_stopped);
     return status;
 }
 

@@ -2,8 +2,8 @@
 /*
  * Round trips through an engine echo server and engine clients: 1 B, 1 KiB,
  * 16 MiB (content checked byte for byte), 1,000 concurrent clients, IPv6
- * and a resolved name; every handler and cleanup counted exactly once; the
- * loop and registry end clean.
+ * and a resolved name, TCP_NODELAY, writes coalesced into one send; every
+ * handler and cleanup counted exactly once; the loop and registry end clean.
  */
 #include <sys/resource.h>
 
@@ -180,6 +180,51 @@ static void test_nodelay(void **state)
     NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == 1);
 }
 
+/* Writes made in one iteration leave in one send, in order; each write's
+ * handler fires once, in order. The writes are 3, 2 and 1 bytes long, so
+ * the length tells which one a call is for. */
+typedef struct WriteOrder {
+    int calls;
+    int seen[3]; /* the call number each write got */
+} WriteOrder;
+
+static void record_order(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    WriteOrder *order = plex_item_user_data(item);
+    order->seen[3 - event->length] = ++order->calls;
+}
+
+static void test_writes_coalesce(void **state)
+{
+    Fixture *fixture = *state;
+    Pair pair;
+    pair_open(&pair, fixture->registry, fixture->loop);
+    WriteOrder order = {0};
+    PlexItem *item = plex_item_create(pair.flow, "write", record_order, NULL, NULL, &order);
+    /* Let the listener's teardown (a cancel) go first. */
+    NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == 1);
+    PlexEventLoopStats before, after;
+    assert_int_equal(plex_event_loop_stats(fixture->loop, &before), 0);
+    assert_int_equal(plex_connection_write(pair.conn, item, "abc", 3), 0);
+    assert_int_equal(plex_connection_write(pair.conn, item, "de", 2), 0);
+    assert_int_equal(plex_connection_write(pair.conn, item, "f", 1), 0);
+    assert_int_equal(plex_connection_bytes_queued(pair.conn), 6);
+    assert_true(plex_event_loop_run_once(fixture->loop, 0) >= 0);
+    assert_int_equal(plex_event_loop_stats(fixture->loop, &after), 0);
+    assert_int_equal(after.submissions - before.submissions, 1); /* one send, three writes */
+    char buffer[8] = {0};
+    assert_int_equal(raw_read_running(fixture->loop, pair.peer, buffer, 6), 6);
+    assert_string_equal(buffer, "abcdef");
+    NET_RUN_UNTIL(fixture->loop, order.calls == 3);
+    assert_int_equal(order.seen[0], 1);
+    assert_int_equal(order.seen[1], 2);
+    assert_int_equal(order.seen[2], 3);
+    assert_int_equal(plex_connection_bytes_queued(pair.conn), 0);
+    close(pair.peer);
+    assert_int_equal(plex_destroy(pair.flow), 0);
+}
+
 int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
@@ -190,6 +235,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_thousand_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6_and_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nodelay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writes_coalesce, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,8 @@
 typedef struct Worker {
     pthread_t thread;
     EchoServer server;
-    pthread_barrier_t *ready;
+    pthread_barrier_t *ready;   /* every loop accepts */
+    pthread_barrier_t *stopped; /* every loop is stopped: none is destroyed before */
     bool ended_clean;
 } Worker;
 
@@ -27,9 +28,13 @@ static void *worker_run(void *argument)
     int rc =
         server->loop ? plex_listener_accept(server->loop, server->listener, server->accept) : -1;
     pthread_barrier_wait(worker->ready);
-    if (rc < 0)
+    if (rc == 0)
+        plex_event_loop_run(server->loop);
+    pthread_barrier_wait(worker->stopped);
+    if (rc < 0) {
+        plex_event_loop_destroy(server->loop);
         return NULL;
-    plex_event_loop_run(server->loop);
+    }
     /* Stopped: let the sessions the clients closed finish, then the accept. */
     uint64_t deadline = plex_now_ns() + NET_WAIT_NS;
     while (server->sessions_ended < server->accepted && plex_now_ns() < deadline)
@@ -66,11 +71,12 @@ static void test_reuse_port_loops(void **state)
     (void)state;
     PlexRegistry *registry = plex_registry_create();
     static Worker workers[THREADS];
-    pthread_barrier_t ready;
+    pthread_barrier_t ready, stopped;
     pthread_barrier_init(&ready, NULL, THREADS + 1);
+    pthread_barrier_init(&stopped, NULL, THREADS + 1);
     uint16_t port = 0;
     for (int i = 0; i < THREADS; i++) {
-        workers[i] = (Worker){.ready = &ready};
+        workers[i] = (Worker){.ready = &ready, .stopped = &stopped};
         worker_prepare(&workers[i], registry, port);
         port = workers[i].server.port;
     }
@@ -92,6 +98,7 @@ static void test_reuse_port_loops(void **state)
         close(clients[i]);
     for (int i = 0; i < THREADS; i++)
         plex_event_loop_stop(workers[i].server.loop);
+    pthread_barrier_wait(&stopped);
     int accepted = 0, loops_used = 0;
     for (int i = 0; i < THREADS; i++) {
         assert_int_equal(pthread_join(workers[i].thread, NULL), 0);
@@ -102,6 +109,7 @@ static void test_reuse_port_loops(void **state)
     assert_int_equal(accepted, CLIENTS);
     assert_true(loops_used > 1); /* 64 connections over 4 listeners: never all on one */
     pthread_barrier_destroy(&ready);
+    pthread_barrier_destroy(&stopped);
     assert_int_equal(plex_registry_count(registry), 0);
     plex_registry_destroy(registry);
 }
