@@ -2,7 +2,8 @@
 /*
  * Round trips through an engine echo server and engine clients: 1 B, 1 KiB,
  * 16 MiB (content checked byte for byte), 1,000 concurrent clients, IPv6
- * and a resolved name, TCP_NODELAY, writes coalesced into one send; every
+ * and a resolved name, TCP_NODELAY, writes coalesced into one send, a
+ * receive buffer ring too small for its connections (-ENOBUFS); every
  * handler and cleanup counted exactly once; the loop and registry end clean.
  */
 #include <sys/resource.h>
@@ -225,6 +226,66 @@ static void test_writes_coalesce(void **state)
     assert_int_equal(plex_destroy(pair.flow), 0);
 }
 
+/* Eight peers sending at once through a ring of two 64-byte receive
+ * buffers: the kernel runs out (-ENOBUFS ends the multishot receives) and
+ * the reads are re-armed once buffers are back; every byte arrives, in
+ * order, with no spin. */
+typedef struct Collector {
+    unsigned char received[4096];
+    size_t length;
+    int last_calls;
+} Collector;
+
+static void collect(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    Collector *collector = plex_item_user_data(item);
+    assert_true(event->length <= 64);
+    assert_true(collector->length + event->length <= sizeof(collector->received));
+    memcpy(collector->received + collector->length, event->data, event->length);
+    collector->length += event->length;
+}
+
+static void collect_end(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    Collector *collector = plex_item_user_data(item);
+    assert_int_equal(event->result, PLEX_EEOF);
+    collector->last_calls++;
+}
+
+static void test_few_receive_buffers(void **state)
+{
+    Fixture *fixture = *state;
+    PlexEventLoopConfig config = {.buffer_count = 2, .buffer_size = 64};
+    PlexEventLoop *loop = plex_event_loop_create_with(fixture->registry, &config);
+    assert_non_null(loop);
+    enum { PEERS = 8 };
+    Pair pair[PEERS];
+    Collector collector[PEERS];
+    unsigned char *payload = net_payload(sizeof(collector[0].received));
+    for (int i = 0; i < PEERS; i++) {
+        pair_open(&pair[i], fixture->registry, loop);
+        collector[i] = (Collector){0};
+        PlexItem *item =
+            plex_item_create(pair[i].flow, "read", collect, collect_end, NULL, &collector[i]);
+        assert_int_equal(plex_connection_read(pair[i].conn, item), 0);
+    }
+    for (int i = 0; i < PEERS; i++) {
+        size_t length = sizeof(collector[i].received);
+        assert_int_equal(send(pair[i].peer, payload, length, 0), (ssize_t)length);
+        close(pair[i].peer);
+    }
+    for (int i = 0; i < PEERS; i++) {
+        NET_RUN_UNTIL(loop, collector[i].last_calls == 1);
+        assert_int_equal(collector[i].length, sizeof(collector[i].received));
+        assert_memory_equal(collector[i].received, payload, collector[i].length);
+        assert_int_equal(plex_destroy(pair[i].flow), 0);
+    }
+    free(payload);
+    plex_event_loop_destroy(loop);
+}
+
 int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
@@ -236,6 +297,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ipv6_and_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nodelay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writes_coalesce, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_few_receive_buffers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
