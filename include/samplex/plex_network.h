@@ -100,7 +100,8 @@ PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t po
 
 /* Aborts the connection (see plex_connection_abort) and frees it once the
  * kernel has returned everything it lent. Do not use it afterwards. Safe
- * from any handler, including one of its own. Returns 0 or -EINVAL. */
+ * from any handler, including one of its own. Returns 0, -EINVAL, or
+ * -EALREADY (destroyed before, seen from a handler still running for it). */
 int plex_connection_destroy(PlexConnection *conn);
 
 /* Makes `plex` the owner of `conn` (taking it from its previous owner, if

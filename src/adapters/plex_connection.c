@@ -152,12 +152,15 @@ void conn_progress(PlexConnection *conn)
     if (conn->holds)
         return;
     bool closing = conn->state == CONN_CLOSING || conn->state == CONN_ABORTING;
-    if (closing && !(conn->flags & CONN_CLOSE_SENT) && !conn_in_kernel(conn))
+    if (closing && !(conn->flags & CONN_CLOSE_SENT) && !conn_in_kernel(conn)) {
+        /* Held: without a ring, close_submit finishes at once and calls the
+         * close handler, which may destroy the connection. */
+        conn->holds++;
         close_submit(conn);
-    /* close_submit may have finished synchronously, calling a handler that
-     * held and released the connection: check it is still quiet. */
-    if ((conn->flags & CONN_DOOMED) && conn->state == CONN_CLOSED && !conn->holds &&
-        !conn_in_kernel(conn) && !conn->close_op)
+        conn->holds--;
+    }
+    if ((conn->flags & CONN_DOOMED) && conn->state == CONN_CLOSED && !conn_in_kernel(conn) &&
+        !conn->close_op)
         conn_free(conn);
 }
 
@@ -283,6 +286,8 @@ static void connect_complete(PlexEventLoop *loop, PlexOp *op, const struct io_ur
     conn->flags &= (uint8_t)~CONN_TIMEOUT;
     if (conn->state == CONN_CONNECTING)
         conn->state = result == 0 ? CONN_OPEN : CONN_FAILED;
+    else if (result == 0)
+        result = -ECANCELED; /* connected just as it was closed: closed wins */
     conn_deliver(conn, op->item, result, 0, true);
     plex_loop_op_put_delivered(loop, op);
     conn_unhold(conn);
