@@ -36,32 +36,40 @@ typedef void (*PlexOpComplete)(PlexEventLoop *loop, PlexOp *op, const struct io_
 
 #define PLEX_OP_INTERNAL 0x1u   /* does not keep the loop alive */
 #define PLEX_OP_CANCELLING 0x2u /* an ASYNC_CANCEL was sent for it */
+#define PLEX_OP_LARGE 0x4u      /* a PlexOpLarge, from the large pool */
 
 struct PlexOp {
     PlexOpComplete complete; /* the adapter's completion function */
     PlexItem *item;          /* the step it runs for; NULL for internal ops */
     void *owner;             /* the adapter's object (connection, listener, ...) */
-    PlexLink link;           /* in the loop's in-use list, or the free list */
+    PlexLink link;           /* in the loop's in-use list, or a free list */
     uint32_t flags;          /* PLEX_OP_* */
     uint32_t tag;            /* free for the adapter (e.g. which kind of op) */
     union {                  /* memory lent to the kernel for this op */
         struct __kernel_timespec timespec;
-        struct sockaddr_storage address;
-        struct msghdr message;
         uint64_t counter;
-        struct {                 /* network: a send over a few chunks */
-            struct msghdr message;
-            struct iovec iov[4];
-        } send;
         struct {                 /* an adapter's own queue while the op is */
             PlexOp *next;        /* not lent to the kernel (network: writes */
             uint64_t offset;     /* waiting for the send in flight) */
             uint64_t length;
         } queued;
     } storage;
-    socklen_t address_length;
-    struct __kernel_timespec deadline; /* for a linked timeout (read at submit) */
 };
+
+/* An op with room for a scatter/gather send, from a pool of its own
+ * (plex_loop_op_get_large). Kept apart so that the ops an idle connection
+ * holds (its multishot receive) stay small. */
+#define PLEX_OP_SEND_IOVECS 4
+typedef struct PlexOpLarge {
+    PlexOp op;
+    struct msghdr message;
+    struct iovec iov[PLEX_OP_SEND_IOVECS];
+} PlexOpLarge;
+
+static inline PlexOpLarge *plex_op_large(PlexOp *op)
+{
+    return PLEX_CONTAINER_OF(op, PlexOpLarge, op);
+}
 
 /* The loop's provided-buffer ring for multishot receive, created on first
  * use and shared by all the loop's connections. */
@@ -107,6 +115,7 @@ struct PlexEventLoop {
     PlexLink flows;                   /* flows bound to this loop */
     PlexLink ops_in_use;              /* PlexOp.link */
     PlexLink ops_free;                /* PlexOp.link */
+    PlexLink ops_free_large;          /* PlexOpLarge.op.link */
     void *op_slabs;                   /* chain of op slabs, freed at destroy */
     unsigned ops_in_use_count;
     unsigned ops_alive;               /* in-use ops that keep the loop alive */
@@ -141,6 +150,9 @@ struct PlexEventLoop {
  * it ended). */
 PlexOp *plex_loop_op_get(PlexEventLoop *loop, PlexOpComplete complete, PlexItem *item,
                          void *owner);
+/* As plex_loop_op_get, for an op that needs PlexOpLarge's room. */
+PlexOp *plex_loop_op_get_large(PlexEventLoop *loop, PlexOpComplete complete, PlexItem *item,
+                               void *owner);
 /* Returns an op record whose operation is over. For an op with an item
  * that was not delivered with last=true, ends it silently. */
 void plex_loop_op_put(PlexEventLoop *loop, PlexOp *op);

@@ -30,7 +30,7 @@
 #include "adapters/loop.h"
 
 #define NET_CHUNK_BYTES 4096u
-#define NET_SEND_IOVECS 4u
+#define NET_SEND_IOVECS PLEX_OP_SEND_IOVECS
 
 typedef struct NetChunk NetChunk;
 struct NetChunk {
@@ -82,12 +82,15 @@ struct PlexConnection {
     uint16_t holds; /* completion functions running for it */
 };
 
-/* A client connection carries the address it connects to. */
+/* A client connection carries the address it connects to and its connect
+ * deadline; the kernel reads both from here (the connection outlives its
+ * operations), so the connect op itself stays small. */
 typedef struct ClientConnection {
     PlexConnection conn;
     PlexAllocator allocator; /* a copy: the flow (and its copy) may go first */
     struct sockaddr_storage target;
     socklen_t target_length;
+    struct __kernel_timespec deadline; /* for the linked timeout */
 } ClientConnection;
 
 /* ---- plex_network.c: per-loop pools and socket helpers ----------------- */

@@ -309,17 +309,15 @@ static int connect_check(const PlexConnection *conn)
 
 static void connect_prep(PlexConnection *conn, PlexOp *op, int64_t timeout_ns)
 {
-    const ClientConnection *client = (const ClientConnection *)conn;
-    memcpy(&op->storage.address, &client->target, client->target_length);
-    op->address_length = client->target_length;
+    ClientConnection *client = (ClientConnection *)conn;
     struct io_uring_sqe *sqe = plex_loop_sqe(conn->loop, op);
-    io_uring_prep_connect(sqe, conn->fd, (struct sockaddr *)&op->storage.address,
-                          op->address_length);
+    io_uring_prep_connect(sqe, conn->fd, (struct sockaddr *)&client->target,
+                          client->target_length);
     if (timeout_ns > 0) {
         sqe->flags |= IOSQE_IO_LINK;
-        op->deadline.tv_sec = timeout_ns / 1000000000;
-        op->deadline.tv_nsec = timeout_ns % 1000000000;
-        io_uring_prep_link_timeout(plex_loop_sqe(conn->loop, NULL), &op->deadline, 0);
+        client->deadline.tv_sec = timeout_ns / 1000000000;
+        client->deadline.tv_nsec = timeout_ns % 1000000000;
+        io_uring_prep_link_timeout(plex_loop_sqe(conn->loop, NULL), &client->deadline, 0);
         conn->flags |= CONN_TIMEOUT;
     }
 }

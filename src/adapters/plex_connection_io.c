@@ -274,14 +274,14 @@ static void send_prep(PlexConnection *conn, PlexOp *op, struct io_uring_sqe *sqe
                            MSG_NOSIGNAL);
         return;
     }
+    PlexOpLarge *large = plex_op_large(op);
     unsigned count = 0;
     for (; chunk && count < NET_SEND_IOVECS; chunk = chunk->next, count++) {
-        op->storage.send.iov[count].iov_base = chunk->data + chunk->start;
-        op->storage.send.iov[count].iov_len = chunk->end - chunk->start;
+        large->iov[count].iov_base = chunk->data + chunk->start;
+        large->iov[count].iov_len = chunk->end - chunk->start;
     }
-    op->storage.send.message =
-        (struct msghdr){.msg_iov = op->storage.send.iov, .msg_iovlen = count};
-    io_uring_prep_sendmsg(sqe, conn->fd, &op->storage.send.message, MSG_NOSIGNAL);
+    large->message = (struct msghdr){.msg_iov = large->iov, .msg_iovlen = count};
+    io_uring_prep_sendmsg(sqe, conn->fd, &large->message, MSG_NOSIGNAL);
 }
 
 static bool send_continues(const PlexConnection *conn)
@@ -378,7 +378,7 @@ int plex_connection_write(PlexConnection *conn, PlexItem *item, const void *data
     if (item && !(write_op = plex_loop_op_get(conn->loop, NULL, item, conn)))
         return -errno;
     if (!conn->send_op) {
-        send_op = plex_loop_op_get(conn->loop, send_complete, NULL, conn);
+        send_op = plex_loop_op_get_large(conn->loop, send_complete, NULL, conn);
         if (send_op)
             plex_loop_op_keep_alive(conn->loop, send_op);
         rc = send_op ? 0 : -ENOMEM;

@@ -39,38 +39,43 @@ struct PlexPost {
 
 typedef struct PlexOpSlab {
     struct PlexOpSlab *next;
-    PlexOp ops[PLEX_OP_SLAB_COUNT];
+    max_align_t ops[]; /* PLEX_OP_SLAB_COUNT ops of one size */
 } PlexOpSlab;
 
-/* ---- Operation pool ---------------------------------------------------- */
+/* ---- Operation pools: small ops, and large ones for sends -------------- */
 
-static int op_pool_grow(PlexEventLoop *loop)
+static int op_pool_grow(PlexEventLoop *loop, size_t op_size, PlexLink *free_list)
 {
-    PlexOpSlab *slab = plex_mem_alloc(loop->allocator, sizeof(*slab));
+    PlexOpSlab *slab = plex_mem_alloc(loop->allocator,
+                                      sizeof(*slab) + (size_t)PLEX_OP_SLAB_COUNT * op_size);
     if (!slab)
         return -ENOMEM;
     slab->next = loop->op_slabs;
     loop->op_slabs = slab;
-    for (unsigned i = 0; i < PLEX_OP_SLAB_COUNT; i++)
-        plex_link_insert_tail(&loop->ops_free, &slab->ops[i].link);
+    for (unsigned i = 0; i < PLEX_OP_SLAB_COUNT; i++) {
+        PlexOp *op = (PlexOp *)(void *)((char *)slab->ops + (size_t)i * op_size);
+        plex_link_insert_tail(free_list, &op->link);
+    }
     return 0;
 }
 
-static PlexOp *op_take(PlexEventLoop *loop)
+static PlexOp *op_take(PlexEventLoop *loop, bool large)
 {
-    if (plex_link_empty(&loop->ops_free) && op_pool_grow(loop) < 0) {
+    PlexLink *free_list = large ? &loop->ops_free_large : &loop->ops_free;
+    size_t op_size = large ? sizeof(PlexOpLarge) : sizeof(PlexOp);
+    if (plex_link_empty(free_list) && op_pool_grow(loop, op_size, free_list) < 0) {
         errno = ENOMEM;
         return NULL;
     }
-    PlexLink *link = loop->ops_free.next;
+    PlexLink *link = free_list->next;
     plex_link_remove(link);
     plex_link_insert_tail(&loop->ops_in_use, link);
     loop->ops_in_use_count++;
     return PLEX_CONTAINER_OF(link, PlexOp, link);
 }
 
-PlexOp *plex_loop_op_get(PlexEventLoop *loop, PlexOpComplete complete, PlexItem *item,
-                         void *owner)
+static PlexOp *op_get(PlexEventLoop *loop, PlexOpComplete complete, PlexItem *item, void *owner,
+                      bool large)
 {
     if (item) {
         int rc = plex_loop_bind(loop, plex_item_plex(item));
@@ -79,15 +84,14 @@ PlexOp *plex_loop_op_get(PlexEventLoop *loop, PlexOpComplete complete, PlexItem 
             return NULL;
         }
     }
-    PlexOp *op = op_take(loop);
+    PlexOp *op = op_take(loop, large);
     if (!op)
         return NULL;
     op->complete = complete;
     op->item = item;
     op->owner = owner;
-    op->flags = item ? 0 : PLEX_OP_INTERNAL;
+    op->flags = (item ? 0 : PLEX_OP_INTERNAL) | (large ? PLEX_OP_LARGE : 0);
     op->tag = 0;
-    op->address_length = 0;
     if (item) {
         plex_item_op_begin(item);
         loop->ops_alive++;
@@ -95,12 +99,25 @@ PlexOp *plex_loop_op_get(PlexEventLoop *loop, PlexOpComplete complete, PlexItem 
     return op;
 }
 
+PlexOp *plex_loop_op_get(PlexEventLoop *loop, PlexOpComplete complete, PlexItem *item,
+                         void *owner)
+{
+    return op_get(loop, complete, item, owner, false);
+}
+
+PlexOp *plex_loop_op_get_large(PlexEventLoop *loop, PlexOpComplete complete, PlexItem *item,
+                               void *owner)
+{
+    return op_get(loop, complete, item, owner, true);
+}
+
 static void op_release(PlexEventLoop *loop, PlexOp *op)
 {
     if (!(op->flags & PLEX_OP_INTERNAL))
         loop->ops_alive--;
     plex_link_remove(&op->link);
-    plex_link_insert_tail(&loop->ops_free, &op->link);
+    plex_link_insert_tail(op->flags & PLEX_OP_LARGE ? &loop->ops_free_large : &loop->ops_free,
+                          &op->link);
     loop->ops_in_use_count--;
     op->item = NULL;
     op->owner = NULL;
@@ -420,6 +437,7 @@ PlexEventLoop *plex_event_loop_create_with(PlexRegistry *registry,
     plex_link_init(&loop->flows);
     plex_link_init(&loop->ops_in_use);
     plex_link_init(&loop->ops_free);
+    plex_link_init(&loop->ops_free_large);
     config_apply(loop, config);
     int rc = ring_setup(loop);
     if (rc < 0)
@@ -435,7 +453,7 @@ PlexEventLoop *plex_event_loop_create_with(PlexRegistry *registry,
         goto fail_fd;
     }
     plex_timers_init(loop);
-    if (op_pool_grow(loop) < 0) {
+    if (op_pool_grow(loop, sizeof(PlexOp), &loop->ops_free) < 0) {
         rc = -ENOMEM;
         goto fail_mutex;
     }
