@@ -4,16 +4,20 @@
  *
  *   build/bin/samplex-echo --port N [--host ADDR] [--threads N]
  *
- * One "listener" flow per thread accepts connections (the threads share the
- * port with SO_REUSEPORT). Every connection gets a flow of its own, a
- * "session", whose steps are:
+ * One "echo" flow per thread serves every connection of that thread (the
+ * threads share the port with SO_REUSEPORT). Its steps are shared by all of
+ * its connections, which keeps an idle connection at about 0.25 KiB:
  *
+ *   accept -> on a connection: attach it to the flow, start reading
  *   read   -> on data: write it back (the write step), keep reading
  *   write  -> on success: resume reading if we had paused
- *   close  -> on closed: the session is finished
+ *   close  -> on closed: destroy the connection
+ *
+ * (A server with state per player gives each connection a flow of its own,
+ * as the MUD demo does; that costs about 1.5 KiB more per connection.)
  *
  * If a client sends faster than it reads, its queued echo grows: past 64 KiB
- * the session stops reading until the queue drains (backpressure), so one
+ * the connection stops reading until the queue drains (backpressure), so one
  * slow client costs a bounded amount of memory.
  *
  * SIGINT or SIGTERM stops every loop; destroying a loop ends its flows,
@@ -22,6 +26,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,107 +36,117 @@
 #define MAX_THREADS 64
 #define PAUSE_ABOVE (64 * 1024) /* queued echo bytes that pause reading */
 
-typedef struct Session {
-    PlexConnection *conn;
+/* What the echo remembers per connection: two flags, kept in the
+ * connection's user data so that a connection needs no memory of ours. */
+enum {
+    ECHO_READING = 1, /* a read is active (its last call has not come yet) */
+    ECHO_PAUSED = 2,  /* we stopped reading until the echo drains */
+};
+
+/* The shared steps of a thread's echo flow. */
+typedef struct EchoSteps {
     PlexItem *read;
     PlexItem *write;
     PlexItem *close;
-    bool reading; /* a read is active (its last call has not come yet) */
-    bool paused;  /* we stopped reading until the echo drains */
-} Session;
+} EchoSteps;
 
 typedef struct Worker {
     pthread_t thread;
     PlexRegistry *registry;
     PlexListener *listener;
     PlexItem *accept;
+    EchoSteps steps;
     PlexEventLoop *loop;
     int status; /* 0, or why this worker cannot serve */
 } Worker;
 
-/* ---- A session: read -> write -> read ----------------------------------- */
+/* ---- A connection: read -> write -> read -------------------------------- */
 
-static void start_reading(Session *session)
+static unsigned flags_of(PlexConnection *conn)
 {
-    session->paused = false;
-    session->reading = plex_connection_read(session->conn, session->read) == 0;
-    if (!session->reading)
-        plex_destroy(plex_item_plex(session->read));
+    return (unsigned)(uintptr_t)plex_connection_user_data(conn);
+}
+
+static void set_flags(PlexConnection *conn, unsigned flags)
+{
+    plex_connection_set_user_data(conn, (void *)(uintptr_t)flags);
+}
+
+static void start_reading(PlexConnection *conn, const EchoSteps *steps)
+{
+    if (plex_connection_read(conn, steps->read) == 0)
+        set_flags(conn, ECHO_READING);
+    else
+        plex_connection_destroy(conn);
 }
 
 static void on_data(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
-    Session *session = plex_item_user_data(item);
+    (void)plex;
+    const EchoSteps *steps = plex_item_user_data(item);
+    PlexConnection *conn = event->connection;
     /* The bytes are copied: event->data is only ours until we return. */
-    if (plex_connection_write(session->conn, session->write, event->data, event->length) < 0) {
-        plex_destroy(plex); /* over the write cap or broken: drop the client */
+    if (plex_connection_write(conn, steps->write, event->data, event->length) < 0) {
+        plex_connection_destroy(conn); /* over the write cap or broken: drop the client */
         return;
     }
-    if (!session->paused && plex_connection_bytes_queued(session->conn) > PAUSE_ABOVE) {
-        session->paused = true;
-        plex_connection_read_stop(session->conn);
+    unsigned flags = flags_of(conn);
+    if (!(flags & ECHO_PAUSED) && plex_connection_bytes_queued(conn) > PAUSE_ABOVE) {
+        set_flags(conn, flags | ECHO_PAUSED);
+        plex_connection_read_stop(conn);
     }
 }
 
 static void on_read_end(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
-    Session *session = plex_item_user_data(item);
-    session->reading = false;
-    if (event->result == -ECANCELED && session->paused) {
+    (void)plex;
+    const EchoSteps *steps = plex_item_user_data(item);
+    PlexConnection *conn = event->connection;
+    unsigned flags = flags_of(conn) & ~(unsigned)ECHO_READING;
+    set_flags(conn, flags);
+    if (event->result == -ECANCELED && (flags & ECHO_PAUSED)) {
         /* Our own stop. Resume now if the echo drained meanwhile. */
-        if (plex_connection_bytes_queued(session->conn) == 0)
-            start_reading(session);
+        if (plex_connection_bytes_queued(conn) == 0)
+            start_reading(conn, steps);
         return;
     }
     /* End of stream or an error: send what is queued, then close. */
-    if (plex_connection_close(session->conn, session->close) < 0)
-        plex_destroy(plex);
+    if (plex_connection_close(conn, steps->close) < 0)
+        plex_connection_destroy(conn);
 }
 
 static void on_written(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
     (void)plex;
-    (void)event;
-    Session *session = plex_item_user_data(item);
-    if (session->paused && !session->reading && plex_connection_bytes_queued(session->conn) == 0)
-        start_reading(session);
+    const EchoSteps *steps = plex_item_user_data(item);
+    PlexConnection *conn = event->connection;
+    unsigned flags = flags_of(conn);
+    if ((flags & ECHO_PAUSED) && !(flags & ECHO_READING) && plex_connection_bytes_queued(conn) == 0)
+        start_reading(conn, steps);
+}
+
+static void on_write_error(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    (void)item;
+    plex_connection_destroy(event->connection); /* the peer is gone */
 }
 
 static void on_closed(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
+    (void)plex;
     (void)item;
-    (void)event;
-    plex_finish(plex); /* the connection is freed with its flow */
+    plex_connection_destroy(event->connection); /* its memory goes back to the loop */
 }
 
-/* ---- Accepting: one session flow per connection ------------------------- */
-
-static Session *session_create(Plex *plex, PlexConnection *conn)
-{
-    Session *session = plex_arena_calloc(plex_arena(plex), sizeof(*session));
-    if (!session)
-        return NULL;
-    session->conn = conn;
-    /* Write errors have no handler of their own: they fail the flow, which
-     * aborts the connection. */
-    session->read = plex_item_create(plex, "read", on_data, on_read_end, NULL, session);
-    session->write = plex_item_create(plex, "write", on_written, NULL, NULL, session);
-    session->close = plex_item_create(plex, "close", on_closed, on_closed, NULL, session);
-    return session->read && session->write && session->close ? session : NULL;
-}
+/* ---- Accepting ------------------------------------------------------------ */
 
 static void on_accept(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
-    (void)item;
-    Plex *flow = plex_create(plex_registry(plex), "session");
-    if (!flow)
-        return; /* the adapter closes a connection nobody attached */
-    Session *session = session_create(flow, event->connection);
-    if (!session || plex_connection_attach(event->connection, flow) < 0) {
-        plex_destroy(flow);
-        return;
-    }
-    start_reading(session);
+    const EchoSteps *steps = plex_item_user_data(item);
+    /* Unattached connections are closed by the adapter when we return. */
+    if (plex_connection_attach(event->connection, plex) == 0)
+        start_reading(event->connection, steps);
 }
 
 static void on_accept_end(Plex *plex, PlexItem *item, const PlexEvent *event)
@@ -188,13 +203,17 @@ static void *worker_thread(void *argument)
 
 static int worker_prepare(Worker *worker, const char *host, uint16_t port, bool reuse_port)
 {
-    Plex *flow = plex_create(worker->registry, "listener");
+    Plex *flow = plex_create(worker->registry, "echo");
     PlexListenerOptions options = {.reuse_port = reuse_port};
+    EchoSteps *steps = &worker->steps;
     worker->listener = flow ? plex_listener_create(flow, host, port, &options) : NULL;
-    worker->accept = worker->listener
-                         ? plex_item_create(flow, "accept", on_accept, on_accept_end, NULL, NULL)
-                         : NULL;
-    return worker->accept ? 0 : -errno;
+    if (!worker->listener)
+        return -errno;
+    worker->accept = plex_item_create(flow, "accept", on_accept, on_accept_end, NULL, steps);
+    steps->read = plex_item_create(flow, "read", on_data, on_read_end, NULL, steps);
+    steps->write = plex_item_create(flow, "write", on_written, on_write_error, NULL, steps);
+    steps->close = plex_item_create(flow, "close", on_closed, on_closed, NULL, steps);
+    return worker->accept && steps->read && steps->write && steps->close ? 0 : -ENOMEM;
 }
 
 static int parse_args(int argc, char **argv, const char **host, long *port, long *threads)
