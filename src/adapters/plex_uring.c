@@ -369,6 +369,8 @@ static int ring_setup(PlexEventLoop *loop)
         if (rc == 0) {
             loop->setup_flags = params.flags;
             loop->stats.ring_features = params.features;
+            /* Saves an fd lookup per io_uring_enter; optional (5.18+). */
+            io_uring_register_ring_fd(&loop->ring);
             return 0;
         }
         if (rc != -EINVAL)
