@@ -3,8 +3,9 @@
 
     report.py RAW CHART_DATA ELAPSED_SECONDS
 
-Every figure is the median over the rounds; the CPU column also shows the
-lowest and highest round. Ratios are samplex / the better of libuv and
+Every figure is the median over the rounds whose window other work left
+alone (at most 25 % of CPUs 0-1), or over every round if none was; the CPU
+column also shows the lowest and highest of those rounds. Ratios are samplex / the better of libuv and
 epoll for that figure (lower CPU and latency, higher messages/s).
 """
 import datetime
@@ -93,8 +94,14 @@ def size_name(size):
     return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
 
 
-def summarise(runs):
-    """Median figures of one server in one case."""
+QUIET_OTHER_PCT = 25
+
+
+def summarise(all_runs):
+    """Median figures of one server in one case, over its undisturbed rounds
+    (every round if none was); counts of failures over every round."""
+    quiet = [r for r in all_runs if number(r, "other_cpu_pct") <= QUIET_OTHER_PCT]
+    runs = quiet or all_runs
     cpu = [number(r, "server_cpu_us_per_msg") for r in runs]
     return {
         "msgs": median(runs, "msgs_per_s"),
@@ -106,12 +113,13 @@ def summarise(runs):
         "cpu_pct": median(runs, "server_cpu_pct"),
         "gen_pct": median(runs, "gen_cpu_pct"),
         "other_pct": median(runs, "other_cpu_pct"),
-        "served": min(int(r["served"]) for r in runs),
-        "mismatches": sum(int(r["mismatches"]) for r in runs),
-        "errors": sum(int(r["errors"]) for r in runs),
-        "exits": ",".join(sorted({r.get("exit", "?") for r in runs})),
-        "retried": sum(int(r.get("retried", "0")) for r in runs),
-        "rounds": len(runs),
+        "used": f"{len(quiet)}/{len(all_runs)}" if quiet else f"0/{len(all_runs)}, all used",
+        "served": min(int(r["served"]) for r in all_runs),
+        "mismatches": sum(int(r["mismatches"]) for r in all_runs),
+        "errors": sum(int(r["errors"]) for r in all_runs),
+        "exits": ",".join(sorted({r.get("exit", "?") for r in all_runs})),
+        "retried": sum(int(r.get("retried", "0")) for r in all_runs),
+        "rounds": len(all_runs),
     }
 
 
@@ -123,8 +131,8 @@ def best_peer(figures, key, lower_is_better):
 def load_table(cases):
     out = ["| connections | size | server | msgs/s | p50 us | p99 us "
            "| server CPU us/msg (min-max) | server CPU % | generator CPU % | other CPU % "
-           "| served | mismatches | errors | exit | re-run |",
-           "|" + "---|" * 15]
+           "| quiet rounds | served | mismatches | errors | exit | re-run |",
+           "|" + "---|" * 16]
     for (connections, size), by_server in sorted(cases.items()):
         for name in SERVERS:
             if name not in by_server:
@@ -135,7 +143,7 @@ def load_table(cases):
                 f"| {f['p50']:,.0f} | {f['p99']:,.0f} "
                 f"| **{f['cpu']:.2f}** ({f['cpu_min']:.2f}-{f['cpu_max']:.2f}) "
                 f"| {f['cpu_pct']:.0f} | {f['gen_pct']:.0f} | {f['other_pct']:.0f} "
-                f"| {f['served']}/{connections} | {f['mismatches']} | {f['errors']} "
+                f"| {f['used']} | {f['served']}/{connections} | {f['mismatches']} | {f['errors']} "
                 f"| {f['exits']} | {f['retried']} |")
     return out
 
@@ -248,7 +256,9 @@ def header(load, elapsed):
         "closed loop: each connection sends a message, waits for its whole echo, checks it, "
         "sends the next) on CPU 1, loopback only. Every measurement gets a fresh server; "
         "the three servers run case after case in turn (samplex, libuv, epoll), round after "
-        "round. Figures are medians over the rounds.",
+        "round. Figures are medians over the rounds whose window was not disturbed by "
+        "other work (other CPU <= 25 %; **quiet rounds** says how many), or over all "
+        "rounds when none was.",
         "",
         "- **server CPU us/msg**: the server's utime+stime (all its threads, "
         "`/proc/PID/stat`), read by the generator at the start and end of the measured "

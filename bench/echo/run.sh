@@ -10,7 +10,8 @@
 # CONNECTIONS ("1 50 1000 10000"), SIZES ("64 4096"), IDLE (10000 idle
 # connections for the memory figure), QUIET_MAX (3 s: how long to wait for
 # other work on CPUs 0-1 to stop before each measurement), BUDGET (540 s:
-# no more re-runs of disturbed windows after that), PERF (0; 1 also
+# waits for quiet and re-runs of disturbed windows only while the rest of
+# the run still fits in it), PERF (0; 1 also
 # profiles samplex-echo under 50 connections of 64 B), OUT (bench/echo: results.md,
 # cpu_per_message.png, raw.txt, perf_samplex.txt), BENCH_COMMIT (what the
 # report names as the build's commit; default: HEAD, marked if the engine's
@@ -105,10 +106,18 @@ busy_ticks() {
     awk '/^cpu[01] / { busy += $2 + $3 + $4 + $7 + $8 + $9 } END { print busy }' /proc/stat
 }
 
-# Waits (QUIET_MAX seconds at most) until CPUs 0-1 are under 15 % busy for a
-# quarter second, so another job on the machine skews fewer measurements.
+# Seconds of BUDGET left once the measurements not yet made are paid for.
+spare_seconds() {
+    echo $((BUDGET - SECONDS - (MEASUREMENTS - MEASURED) * SECONDS_PER_MEASUREMENT))
+}
+
+# Waits (QUIET_MAX seconds at most, and only from spare time) until CPUs 0-1
+# are under 15 % busy for a quarter second, so another job on the machine
+# skews fewer measurements.
 wait_for_quiet() {
-    local deadline=$((SECONDS + QUIET_MAX)) before after
+    local most=$QUIET_MAX before after
+    (($(spare_seconds) < most)) && most=$(spare_seconds)
+    local deadline=$((SECONDS + most))
     while :; do
         before=$(busy_ticks)
         sleep 0.25
@@ -142,14 +151,15 @@ other_cpu() {
 
 # Measures server $1 in round $2 (the generator's arguments follow) and adds
 # the line to RAW. A load window where other work took over 25 % of CPUs
-# 0-1 is measured again (twice at most, and only while the run is within
-# BUDGET seconds); the least disturbed window is kept.
+# 0-1 is measured again (twice at most, and only from spare time); the
+# least disturbed window is kept.
 measure() {
     local name=$1 round=$2 retried=0 best best_other
     shift 2
     measure_once "$name" "$@"
     best=$LINE best_other=$(other_cpu)
-    while ((best_other > 25 && retried < 2 && SECONDS < BUDGET)); do
+    MEASURED=$((MEASURED + 1))
+    while ((best_other > 25 && retried < 2 && $(spare_seconds) > SECONDS_PER_MEASUREMENT)); do
         measure_once "$name" "$@"
         retried=$((retried + 1))
         if (($(other_cpu) < best_other)); then
@@ -159,6 +169,11 @@ measure() {
     echo "round=$round server=$name $best retried=$retried" | tee -a "$RAW"
 }
 
+MEASUREMENTS=$((ROUNDS * ($(wc -w <<<"$CONNECTIONS") * $(wc -w <<<"$SIZES") + 1) * 3))
+MEASURED=0
+# A load window, its warm-up, and about a second of set-up and tear-down.
+SECONDS_PER_MEASUREMENT=$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print int(w + d + 1.99) }')
+SECONDS=0
 started_at=$(date +%s)
 for round in $(seq "$ROUNDS"); do
     for connections in $CONNECTIONS; do
