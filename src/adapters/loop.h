@@ -209,7 +209,10 @@ void plex_timers_init(PlexEventLoop *loop);
 void plex_timers_fini(PlexEventLoop *loop);
 /* Fires every timer due at the current time. Returns how many fired. */
 unsigned plex_timers_run(PlexEventLoop *loop);
-/* Makes the kernel timeout match the earliest deadline. */
-void plex_timers_arm(PlexEventLoop *loop);
+/* Makes the kernel timeout match the earliest deadline. Returns how long
+ * the loop may sleep: -1 for no limit (no timer, or the kernel timeout will
+ * wake it), else the ns until the earliest timer is due, when its timeout
+ * could not be armed (no operation record: out of memory). */
+int64_t plex_timers_arm(PlexEventLoop *loop);
 
 #endif

@@ -98,11 +98,11 @@ static void timeout_move(PlexEventLoop *loop, uint64_t deadline_ns)
     loop->timers.armed_deadline_ns = deadline_ns;
 }
 
-void plex_timers_arm(PlexEventLoop *loop)
+int64_t plex_timers_arm(PlexEventLoop *loop)
 {
     const PlexHeapEntry *top = plex_heap_top(&loop->timers.heap);
     if (!top || loop->destroying)
-        return;
+        return -1;
     /* Wake at the latest moment the earliest timer allows (its target plus
      * the slack): every timer due by then fires in the same wake-up. */
     uint64_t latest_ns = top->key + (uint64_t)loop->config.timer_slack_ns;
@@ -110,6 +110,12 @@ void plex_timers_arm(PlexEventLoop *loop)
         timeout_start(loop, latest_ns);
     else if (latest_ns < loop->timers.armed_deadline_ns)
         timeout_move(loop, latest_ns);
+    if (loop->timers.timeout_op)
+        return -1;
+    /* No record for the kernel timeout (out of memory): the loop must not
+     * sleep past the timer, or it would fire only when other work wakes it. */
+    uint64_t now_ns = plex_now_ns();
+    return latest_ns > now_ns ? (int64_t)(latest_ns - now_ns) : 0;
 }
 
 static void reschedule(PlexTimer *timer, uint64_t now_ns, uint64_t *skipped)

@@ -551,9 +551,14 @@ static int iterate(PlexEventLoop *loop, int64_t timeout_ns)
     /* Adapters batch what this iteration's handlers queued (before the
      * timers are armed: a flush may run handlers that add timers). */
     modules_flush(loop);
-    plex_timers_arm(loop);
-    /* Don't sleep if a timer handler just made more work due now. */
-    int rc = submit_and_wait(loop, handled ? 0 : timeout_ns);
+    int64_t sleep_limit_ns = plex_timers_arm(loop);
+    /* Don't sleep if a timer handler just made more work due now, nor past
+     * a timer whose kernel timeout could not be armed. */
+    if (handled)
+        timeout_ns = 0;
+    else if (sleep_limit_ns >= 0 && (timeout_ns < 0 || sleep_limit_ns < timeout_ns))
+        timeout_ns = sleep_limit_ns;
+    int rc = submit_and_wait(loop, timeout_ns);
     if (rc == 0) {
         handled += reap(loop);
         posts_run(loop);
