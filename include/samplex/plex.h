@@ -168,10 +168,15 @@ void plex_item_set_user_data(PlexItem *item, void *user_data);
 /* Operations started on this item that have not ended yet. */
 unsigned plex_item_in_flight(const PlexItem *item);
 
+/* Timing of a step's operations. Each completion counts as a run: for a
+ * one-shot operation, from its start to its completion; for a multishot one
+ * (accept, read, recurring timer), from the previous completion (or the
+ * start) to this one, so a read's runs measure how long the peer took to
+ * send, not how long the engine took. */
 typedef struct PlexItemTiming {
-    uint64_t start_ns;  /* when its latest operation started (monotonic) */
-    uint64_t stop_ns;   /* when its latest operation ended, 0 if running */
-    uint64_t runs;      /* operations ended */
+    uint64_t start_ns;  /* when its latest operation (or interval) started (monotonic) */
+    uint64_t stop_ns;   /* when its latest completion came, 0 if running */
+    uint64_t runs;      /* completions */
     uint64_t total_ns;  /* their summed duration */
 } PlexItemTiming;
 
