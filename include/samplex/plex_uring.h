@@ -10,6 +10,9 @@
  *   nothing.
  * - A loop is not thread-safe except for plex_event_loop_stop() (any thread,
  *   signal handlers too) and plex_event_loop_post() (any thread).
+ * - A loop is run, and its flows driven, on the thread that created it (the
+ *   ring is set up with IORING_SETUP_SINGLE_ISSUER where the kernel has it).
+ *   For several cores, create one loop per thread, inside that thread.
  */
 #ifndef SAMPLEX_PLEX_URING_H
 #define SAMPLEX_PLEX_URING_H
@@ -61,7 +64,9 @@ int plex_event_loop_run_once(PlexEventLoop *loop, int64_t timeout_ns);
 
 /* Asks the loop to return from run after the current iteration. Safe from
  * any thread and from a signal handler; wakes a loop sleeping in the
- * kernel. NULL is a no-op. */
+ * kernel. NULL is a no-op. The caller must know the loop still exists: never
+ * let a stop race with plex_event_loop_destroy (stop the loops, then wait
+ * for their threads to return from run, then destroy). */
 void plex_event_loop_stop(PlexEventLoop *loop);
 
 typedef void (*PlexPostHandler)(PlexEventLoop *loop, void *argument);
