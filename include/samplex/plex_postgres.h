@@ -53,6 +53,8 @@
  *                   plex_postgres_error_message() has libpq's text).
  *   -ECANCELED      the connection was destroyed (or its owner flow ended)
  *                   before the query finished.
+ *   -ETIMEDOUT      the query's deadline passed first
+ *                   (plex_postgres_set_query_timeout).
  *   -ENOTSUP        the query started a COPY, which samplex does not drive.
  *   -EIO            libpq refused to send a queued query (message in
  *                   plex_postgres_error_message()).
@@ -152,6 +154,23 @@ int plex_postgres_set_pipeline(PlexPostgres *pg, bool enabled);
  * PLEX_POSTGRES_DEFAULT_MAX_QUEUED. Returns 0 or -EINVAL. */
 int plex_postgres_set_max_queued(PlexPostgres *pg, unsigned max_queued);
 
+/* Gives every query started on this connection from now on (query,
+ * query_params, prepare, query_prepared, and the pool's) a deadline
+ * `timeout_ns` after its start call; 0, the default, means none (only the
+ * server's statement_timeout). Time spent queued behind earlier queries
+ * counts. Queries already pending keep the deadline they started with.
+ * Policy when a query's deadline passes before its last result:
+ * - its step's on_error runs once with -ETIMEDOUT (event->pg_result NULL),
+ *   and no handler of it runs again;
+ * - the connection stays up and in order: samplex sends no cancel request,
+ *   so the server runs the query to its end (bound that with
+ *   statement_timeout); what it sends back for it is read and thrown away,
+ *   and the queries queued behind it run after it, each with its own
+ *   deadline. A query whose deadline passes before it was sent is never
+ *   sent.
+ * Returns 0 or -EINVAL (NULL, negative timeout). */
+int plex_postgres_set_query_timeout(PlexPostgres *pg, int64_t timeout_ns);
+
 /* True after a connection was lost or a connect failed, until the next
  * successful connect. False for NULL. */
 bool plex_postgres_is_broken(const PlexPostgres *pg);
@@ -245,6 +264,7 @@ typedef struct PlexPostgresPoolConfig {
     int64_t connect_timeout_ns; /* per attempt; 0: 10 s */
     int64_t backoff_min_ns;     /* first delay before a reconnect; 0: 50 ms */
     int64_t backoff_max_ns;     /* the delay doubles up to this; 0: 5 s */
+    int64_t query_timeout_ns;   /* every connection's plex_postgres_set_query_timeout; 0: none */
 } PlexPostgresPoolConfig;
 
 /* Creates a pool of connections on `loop`, owned by `plex`, and starts

@@ -79,6 +79,7 @@ typedef struct PgRequest {
     PgCommand command; /* valid while !sent (packed into storage) */
     char *storage;     /* kept across reuse; freed when large */
     size_t capacity;
+    uint64_t deadline_ns; /* plex_now_ns() clock; 0: none */
     PgRequestKind kind;
     bool sent;
     bool copy_refused; /* it started a COPY; its error is -ENOTSUP */
@@ -109,6 +110,7 @@ struct PlexPostgres {
     unsigned connect_mask; /* what PQconnectPoll asked for */
     PlexOp *timeout_op;    /* connect deadline, or a pool's reconnect delay */
     PlexOp *kick_op;       /* a NOP: deferred work outside handlers */
+    PlexOp *deadline_op;   /* armed for the earliest query deadline, or NULL */
     PlexLink requests;     /* PgRequest.link, FIFO */
     PlexLink dirty_link;   /* in module->dirty */
     PgRequest *connect;    /* the connect step, or NULL */
@@ -121,6 +123,8 @@ struct PlexPostgres {
     int connect_error; /* a connect failure to report from the kick */
     bool error_kept;   /* `error` is the best account (a FATAL notice...) */
     int64_t connect_timeout_ns;
+    int64_t query_timeout_ns;   /* for the queries started from now; 0: none */
+    uint64_t deadline_armed_ns; /* when deadline_op fires */
     bool pipeline;
     bool want_write;        /* PQflush returned 1 */
     bool closing;           /* a close is queued: no new queries */
@@ -168,6 +172,11 @@ void pg_drop_conn(PlexPostgres *pg);
 void pg_timeout_cancel(PlexPostgres *pg);
 /* Arms the pool's reconnect delay. */
 int pg_schedule_retry(PlexPostgres *pg, int64_t delay_ns);
+/* Makes sure the deadline timer fires by `deadline_ns`. 0 or a negative
+ * errno (nothing changed). */
+int pg_deadline_ensure(PlexPostgres *pg, uint64_t deadline_ns);
+/* Disarms the deadline timer (its completion does nothing). */
+void pg_deadline_cancel(PlexPostgres *pg);
 /* Schedules pg_settle from a NOP completion. 0 or a negative errno. */
 int pg_kick(PlexPostgres *pg);
 /* Sends what is queued, reads what libpq has, delivers results, re-arms. */
@@ -203,6 +212,9 @@ void pg_request_finish(PlexPostgres *pg, PgRequest *request);
 /* The connection broke under `request`: delivers `code` (with `result`,
  * lent, when the server said why) as its last call. */
 void pg_request_broken(PlexPostgres *pg, PgRequest *request, PGresult *result, int code);
+/* Fails the queries whose deadline has passed with -ETIMEDOUT (see
+ * plex_pg_request.c), then re-arms the timer for the earliest left. */
+void pg_deadlines_expire(PlexPostgres *pg);
 /* Delivers every notification libpq holds (or drops them: no listener). */
 void pg_notifications_deliver(PlexPostgres *pg);
 /* Delivers `code` as the request's last call and frees the record (NULL

@@ -38,15 +38,18 @@ static void poll_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring
 {
     PlexPostgres *pg = op->owner;
     PGconn *orphan = (PGconn *)(uintptr_t)op->storage.counter;
+    bool current = !orphan && pg->poll_op == op;
+    /* The record goes back first: re-arming the poll takes it again, so a
+     * connection never needs a second one (none may be left). */
+    plex_loop_op_put(loop, op);
     if (orphan) {
         /* The kernel has let go of the socket: libpq may close it now. */
         PQfinish(orphan);
-    } else if (pg->poll_op == op) {
+    } else if (current) {
         pg->poll_op = NULL;
         pg->poll_mask = 0;
         poll_event(pg, cqe->res);
     }
-    plex_loop_op_put(loop, op);
     pg_unref(pg);
 }
 
@@ -113,12 +116,13 @@ static void timeout_fired(PlexPostgres *pg, uint32_t tag);
 static void timeout_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
 {
     PlexPostgres *pg = op->owner;
-    if (pg->timeout_op == op) {
+    uint32_t tag = op->tag;
+    bool fired = pg->timeout_op == op && cqe->res == -ETIME;
+    if (pg->timeout_op == op)
         pg->timeout_op = NULL;
-        if (cqe->res == -ETIME)
-            timeout_fired(pg, op->tag);
-    }
-    plex_loop_op_put(loop, op);
+    plex_loop_op_put(loop, op); /* first: what the timeout starts may take it */
+    if (fired)
+        timeout_fired(pg, tag);
     pg_unref(pg);
 }
 
@@ -158,13 +162,59 @@ int pg_schedule_retry(PlexPostgres *pg, int64_t delay_ns)
     return timeout_arm(pg, delay_ns, PG_TAG_RETRY);
 }
 
+/* The query deadline timer: one per connection, armed for the earliest
+ * deadline of the queries whose steps still wait (pg_deadlines_expire). */
+static void deadline_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
+{
+    PlexPostgres *pg = op->owner;
+    if (pg->deadline_op == op) {
+        pg->deadline_op = NULL;
+        if (cqe->res == -ETIME)
+            pg_deadlines_expire(pg);
+    }
+    plex_loop_op_put(loop, op);
+    pg_unref(pg);
+}
+
+int pg_deadline_ensure(PlexPostgres *pg, uint64_t deadline_ns)
+{
+    if (pg->deadline_op && pg->deadline_armed_ns <= deadline_ns)
+        return 0;
+    PlexEventLoop *loop = pg->loop;
+    PlexOp *op = plex_loop_op_get(loop, deadline_complete, NULL, pg);
+    if (!op)
+        return -ENOMEM;
+    struct io_uring_sqe *sqe = plex_loop_sqe(loop, op);
+    if (!sqe) {
+        plex_loop_op_put(loop, op);
+        return -EBUSY;
+    }
+    pg_deadline_cancel(pg); /* armed for later than this one */
+    op->storage.timespec.tv_sec = (long long)(deadline_ns / 1000000000u);
+    op->storage.timespec.tv_nsec = (long long)(deadline_ns % 1000000000u);
+    io_uring_prep_timeout(sqe, &op->storage.timespec, 0, IORING_TIMEOUT_ABS);
+    pg->deadline_op = op;
+    pg->deadline_armed_ns = deadline_ns;
+    pg_ref(pg);
+    return 0;
+}
+
+void pg_deadline_cancel(PlexPostgres *pg)
+{
+    if (!pg->deadline_op)
+        return;
+    /* Its completion finds deadline_op changed and does nothing. */
+    plex_loop_cancel(pg->loop, pg->deadline_op);
+    pg->deadline_op = NULL;
+}
+
 static void kick_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
 {
     (void)cqe;
     PlexPostgres *pg = op->owner;
     pg->kick_op = NULL;
+    plex_loop_op_put(loop, op); /* first: the work may kick or poll again */
     pg_settle(pg);
-    plex_loop_op_put(loop, op);
     pg_unref(pg);
 }
 
@@ -200,6 +250,7 @@ static void connect_failed(PlexPostgres *pg, int code)
         pg_save_conn_error(pg, "connection failed");
     pg_drop_conn(pg);
     pg_timeout_cancel(pg);
+    pg_deadline_cancel(pg); /* every query fails now */
     pg->state = PG_BROKEN;
     pg_ref(pg);
     /* Take everything first: the handlers may reconnect at once. */
@@ -260,8 +311,11 @@ static void connect_step(PlexPostgres *pg)
     }
     /* PQsocket() may have changed (next host or address): poll_arm reads
      * it again. */
-    if (poll_arm(pg, pg->connect_mask) < 0)
-        connect_failed(pg, PLEX_EPGBROKEN);
+    int rc = poll_arm(pg, pg->connect_mask);
+    if (rc == -ENOMEM)
+        pg_keep_error(pg, "samplex: out of memory");
+    if (rc < 0)
+        connect_failed(pg, rc == -ENOMEM ? -ENOMEM : PLEX_EPGBROKEN);
 }
 
 /* libpq prints notices to stderr by default; a library must not. A FATAL
@@ -496,8 +550,9 @@ void pg_process(PlexPostgres *pg)
         if (rc == 0)
             rc = poll_arm(pg, POLLIN | (pg->want_write ? POLLOUT : 0));
         if (rc < 0) {
-            pg_keep_error(pg, "samplex: cannot watch the socket");
-            pg_break(pg, NULL, PLEX_EPGBROKEN);
+            pg_keep_error(pg, rc == -ENOMEM ? "samplex: out of memory to watch the socket"
+                                            : "samplex: cannot watch the socket");
+            pg_break(pg, NULL, rc == -ENOMEM ? -ENOMEM : PLEX_EPGBROKEN);
         }
     }
     pg_unref(pg);
@@ -538,6 +593,7 @@ void pg_break(PlexPostgres *pg, PGresult *result, int head_code)
         pg_save_conn_error(pg, "connection lost");
     pg_drop_conn(pg);
     pg_timeout_cancel(pg);
+    pg_deadline_cancel(pg); /* every query fails now */
     pg->state = PG_BROKEN;
     pg_ref(pg);
     PgTaken taken;

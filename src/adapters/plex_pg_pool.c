@@ -36,7 +36,7 @@ static bool config_resolve(const PlexPostgresPoolConfig *given, PlexPostgresPool
 {
     *config = given ? *given : (PlexPostgresPoolConfig){0};
     if (config->connections > PG_POOL_MAX_CONNECTIONS || config->connect_timeout_ns < 0 ||
-        config->backoff_min_ns < 0 || config->backoff_max_ns < 0)
+        config->backoff_min_ns < 0 || config->backoff_max_ns < 0 || config->query_timeout_ns < 0)
         return false;
     if (!config->connections)
         config->connections = PG_POOL_DEFAULT_CONNECTIONS;
@@ -94,6 +94,7 @@ static int pool_add_connection(PlexPostgresPool *pool, const char *conninfo)
     pg->pool = pool;
     pg->pipeline = pool->config.pipeline;
     pg->max_queued = pool->config.max_queued;
+    pg->query_timeout_ns = pool->config.query_timeout_ns;
     pg->backoff_ns = pool->config.backoff_min_ns;
     pool->connections[pool->count++] = pg;
     int rc = pg_connect_internal(pool->loop, pg, pool->config.connect_timeout_ns);

@@ -126,6 +126,7 @@ int pg_request_begin(PlexPostgres *pg, PlexItem *item, PgRequestKind kind, PgReq
     request->held = NULL;
     request->sent = false;
     request->copy_refused = false;
+    request->deadline_ns = 0;
     plex_link_init(&request->link);
     plex_link_init(&request->resource.link);
     request->resource.plex = NULL;
@@ -371,6 +372,16 @@ int pg_command_start(PlexPostgres *pg, PlexItem *item, const PgCommand *command)
     rc = pg_request_begin(pg, item, PG_REQUEST_QUERY, &request);
     if (rc < 0)
         return rc;
+    if (pg->query_timeout_ns > 0) {
+        /* A timer left armed by a start that fails below just finds
+         * nothing to expire. */
+        request->deadline_ns = plex_now_ns() + (uint64_t)pg->query_timeout_ns;
+        rc = pg_deadline_ensure(pg, request->deadline_ns);
+        if (rc < 0) {
+            pg_request_abort(request);
+            return rc;
+        }
+    }
     /* Outside pipeline mode libpq takes one query at a time: the others
      * wait, packed, in the FIFO. */
     bool now = pg->state == PG_READY && pg->unsent == 0 &&
@@ -483,6 +494,59 @@ void pg_request_broken(PlexPostgres *pg, PgRequest *request, PGresult *result, i
         deliver_result(pg, request, result, code, true);
     else
         pg_request_fail(request, code);
+}
+
+/* ---- Deadlines --------------------------------------------------------- */
+
+/* A query past its deadline: its step hears -ETIMEDOUT, once. A record
+ * already sent stays in the FIFO, step-less, until the server is done with
+ * it (its results are thrown away, the FIFO stays in step with libpq's); one
+ * still packed is never sent. */
+static void deadline_expire(PlexPostgres *pg, PgRequest *request)
+{
+    if (request->sent) {
+        pg_request_fail(request, -ETIMEDOUT);
+        return;
+    }
+    plex_link_remove(&request->link);
+    pg->queued--;
+    pg->unsent--;
+    pg_request_fail(request, -ETIMEDOUT);
+    pg_request_put(request);
+}
+
+static bool deadline_pending(const PgRequest *request)
+{
+    return request->kind == PG_REQUEST_QUERY && request->item && request->deadline_ns;
+}
+
+void pg_deadlines_expire(PlexPostgres *pg)
+{
+    uint64_t now = plex_now_ns();
+    pg_ref(pg);
+    /* A handler only appends to the FIFO, unless it destroys or breaks the
+     * connection (which takes the FIFO whole): the walk stops then. */
+    PlexLink *link = pg->requests.next;
+    while (link != &pg->requests) {
+        PgRequest *request = PLEX_CONTAINER_OF(link, PgRequest, link);
+        link = link->next;
+        if (!deadline_pending(request) || request->deadline_ns > now)
+            continue;
+        deadline_expire(pg, request);
+        if (pg->state != PG_READY && pg->state != PG_CONNECTING)
+            break;
+    }
+    uint64_t earliest = 0;
+    bool live = pg->state == PG_READY || pg->state == PG_CONNECTING;
+    for (link = pg->requests.next; live && link != &pg->requests; link = link->next) {
+        PgRequest *request = PLEX_CONTAINER_OF(link, PgRequest, link);
+        if (deadline_pending(request) && (!earliest || request->deadline_ns < earliest))
+            earliest = request->deadline_ns;
+    }
+    /* Without a timer (no memory), the late ones wait for their results. */
+    if (earliest)
+        (void)pg_deadline_ensure(pg, earliest);
+    pg_unref(pg);
 }
 
 /* ---- Notifications ----------------------------------------------------- */

@@ -178,6 +178,7 @@ void pg_kill(PlexPostgres *pg)
     pg->state = PG_DEAD;
     pg_drop_conn(pg);
     pg_timeout_cancel(pg);
+    pg_deadline_cancel(pg);
     bool pending = pg->connect || pg->listen || pg->close_done || !plex_link_empty(&pg->requests);
     if (pending && pg_kick(pg) < 0)
         pg_settle(pg); /* out of memory: better now than never */
@@ -348,6 +349,14 @@ int plex_postgres_set_max_queued(PlexPostgres *pg, unsigned max_queued)
     if (!pg || pg->state == PG_DEAD)
         return -EINVAL;
     pg->max_queued = max_queued ? max_queued : PLEX_POSTGRES_DEFAULT_MAX_QUEUED;
+    return 0;
+}
+
+int plex_postgres_set_query_timeout(PlexPostgres *pg, int64_t timeout_ns)
+{
+    if (!pg || pg->state == PG_DEAD || timeout_ns < 0)
+        return -EINVAL;
+    pg->query_timeout_ns = timeout_ns;
     return 0;
 }
 
