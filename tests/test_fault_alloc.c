@@ -23,6 +23,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 
+#include "adapters/loop.h" /* white box: the starvation walk empties the op pool */
 #include "net_support.h"
 
 #define FAULT_MS 1000000LL
@@ -43,6 +44,8 @@ typedef struct Fault {
     long fail_at; /* the call that fails (1-based); 0: none */
     FaultMode mode;
     long injected; /* calls made to fail */
+    long starve_at; /* starvation walk: the iteration that starves; -1: none */
+    bool starved;   /* it has */
 } Fault;
 
 static bool fault_trace; /* FAULT_TRACE=1: print every allocation */
@@ -73,7 +76,7 @@ static void fault_free(void *context, void *pointer)
 
 static void fault_init(Fault *fault, long fail_at, FaultMode mode)
 {
-    *fault = (Fault){.fail_at = fail_at, .mode = mode};
+    *fault = (Fault){.fail_at = fail_at, .mode = mode, .starve_at = -1};
     fault->allocator = (PlexAllocator){.alloc = fault_alloc, .free = fault_free, .context = fault};
 }
 
@@ -136,14 +139,17 @@ struct Run {
     Verdict verdict;
     bool stop; /* give up and tear down */
     uint64_t deadline_ns;
+    long iterations;
 };
 
 /* An error ends the run: the scenario stops and tears everything down. */
 static void run_error(Run *run, int code)
 {
+    /* Errors that follow an -ENOMEM are its consequences (a Postgres
+     * connection broken for want of memory fails its other queries). */
     if (code == -ENOMEM)
         run->verdict.enomem++;
-    else if (!run->verdict.unexpected)
+    else if (!run->verdict.unexpected && !run->verdict.enomem)
         run->verdict.unexpected = code;
     run->stop = true;
 }
@@ -278,8 +284,22 @@ static bool run_begin(Run *run, Fault *fault)
     return run->loop != NULL;
 }
 
+/* From now on no operation record is left (the free lists are emptied;
+ * records in use still come back to them) and every allocation fails. */
+static void run_starve(Run *run)
+{
+    Fault *fault = run->fault;
+    plex_link_init(&run->loop->ops_free);
+    plex_link_init(&run->loop->ops_free_large);
+    fault->mode = FAULT_PERSISTENT;
+    fault->fail_at = fault->calls + 1;
+    fault->starved = true;
+}
+
 static void run_iterate(Run *run)
 {
+    if (run->iterations++ == run->fault->starve_at)
+        run_starve(run);
     if (plex_now_ns() > run->deadline_ns)
         fail_msg("N=%ld: the scenario hung", run->fault->fail_at);
     int rc = plex_event_loop_run_once(run->loop, 5 * FAULT_MS);
@@ -391,11 +411,38 @@ static WalkTally walk(const char *name, Scenario scenario, const void *options, 
     return tally;
 }
 
+/* Runs `scenario` with the loop starved (run_starve) from iteration K on,
+ * for K = 0, 1, ... until the scenario completes before K. */
+static void walk_starved(const char *name, Scenario scenario, const void *options, bool may_drop)
+{
+    WalkTally tally = {0};
+    int fds_before = fds_open();
+    for (long k = 0;; k++) {
+        Fault fault;
+        fault_init(&fault, 0, FAULT_SINGLE);
+        fault.starve_at = k;
+        Verdict verdict = scenario(&fault, options);
+        walk_check_clean(name, &fault, fds_before);
+        if (!fault.starved) {
+            if (!verdict.completed)
+                fail_msg("%s K=%ld: not starved, yet it did not complete", name, k);
+            break;
+        }
+        walk_count(name, &fault, verdict, may_drop, &tally);
+        if (k > 100000)
+            fail_msg("%s: the starvation walk does not end", name);
+    }
+    printf("%s (starved): %ld runs: %ld -ENOMEM, %ld completed, %ld dropped a peer\n", name,
+           tally.runs, tally.enomem, tally.absorbed, tally.dropped);
+    assert_true(tally.runs > 0);
+}
+
 /* Every mode, one after the other. */
 static void walk_all(const char *name, Scenario scenario, const void *options, bool may_drop)
 {
     for (FaultMode mode = FAULT_SINGLE; mode <= FAULT_PERSISTENT; mode++)
         walk(name, scenario, options, mode, may_drop);
+    walk_starved(name, scenario, options, may_drop);
 }
 
 /* ---- Scenario: a timer's life ------------------------------------------ */

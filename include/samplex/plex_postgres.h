@@ -51,6 +51,9 @@
  *   PLEX_EPGBROKEN  the connection was lost (event->pg_result is the
  *                   server's FATAL message when there was one, else NULL;
  *                   plex_postgres_error_message() has libpq's text).
+ *   -ENOMEM         samplex ran out of memory while driving the connection,
+ *                   which is then broken: the other pending queries fail
+ *                   with PLEX_EPGBROKEN.
  *   -ECANCELED      the connection was destroyed (or its owner flow ended)
  *                   before the query finished.
  *   -ETIMEDOUT      the query's deadline passed first
@@ -122,9 +125,10 @@ int plex_postgres_destroy(PlexPostgres *pg);
  * -ETIMEDOUT when `timeout_ns` (> 0) passes first (0: no deadline of
  * samplex's own; libpq ignores connect_timeout in this mode), PLEX_EPGBROKEN
  * when libpq gives up (wrong port, wrong password, ...: the reason is in
- * plex_postgres_error_message(pg)), -ECANCELED if the connection is
- * destroyed first. Queries may be queued while connecting; they are sent
- * once connected, and fail with PLEX_EPGBROKEN if the connect fails.
+ * plex_postgres_error_message(pg)), -ENOMEM when samplex ran out of memory
+ * on the way, -ECANCELED if the connection is destroyed first. Queries may
+ * be queued while connecting; they are sent once connected, and fail with
+ * PLEX_EPGBROKEN if the connect fails.
  * Returns 0, -EINVAL (NULL, negative timeout, a pooled connection), -ESTALE
  * (the item's flow ended), -EXDEV (pg or the item's flow lives on another
  * loop), -EALREADY (connecting, or the outcome of an earlier connect or
