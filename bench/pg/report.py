@@ -1,0 +1,171 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Turns bench/pg/run.sh's raw lines into results.md (stdout).
+
+    report.py RAW        (run.sh sets the environment it reads)
+
+Every figure is the median over the rounds; the q/s columns also give the
+lowest and highest round. The ratio is samplex's median q/s over pgbench's.
+"""
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+
+def parse(path):
+    records = []
+    with open(path) as raw:
+        for line in raw:
+            record = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "row" in record:
+                records.append(record)
+    return records
+
+
+def values(records, row, tool, key):
+    return [float(r[key]) for r in records if int(r["row"]) == row and r["tool"] == tool]
+
+
+def median(records, row, tool, key):
+    found = values(records, row, tool, key)
+    return statistics.median(found) if found else float("nan")
+
+
+def git_commit():
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,
+                                        check=True).stdout.strip()
+        head = run("rev-parse", "--short", "HEAD")
+        dirty = run("status", "--porcelain", "--", "src", "include")
+        return head + (" (engine sources modified)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def qps_cell(records, row, tool):
+    found = values(records, row, tool, "qps")
+    if not found:
+        return "-"
+    return f"{statistics.median(found):,.0f} ({min(found):,.0f}-{max(found):,.0f})"
+
+
+def main():
+    records = parse(sys.argv[1])
+    env = os.environ
+    names = env["ROW_NAMES"].split("\n")
+    reference = len(names) - 1  # pgbench only, one thread
+    depth, flows, pool = env["DEPTH"], env["FLOWS"], env["POOL"]
+    out = []
+    w = out.append
+    w("# PostgreSQL benchmark: samplex against pgbench")
+    w("")
+    w(f"`SELECT 1` over TCP on 127.0.0.1 against one private PostgreSQL 15 server "
+      f"(scripts/pg.sh: fsync off, SCRAM), {env['ROUNDS']} rounds, each row's two "
+      f"measurements back to back (order alternating per round). Median of the rounds; "
+      f"q/s in parentheses: lowest-highest round.")
+    w("")
+    w(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; commit {git_commit()}; "
+      f"run took {env['ELAPSED']} s of measuring")
+    w(f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}; "
+      f"load average before {env['LOAD_BEFORE']}, after {env['LOAD_AFTER']}")
+    w("- Nothing pinned: server and client float over both CPUs, the same for both tools.")
+    w("")
+    w("| mode | pgbench q/s | samplex q/s | ratio | pgbench client CPU us/q "
+      "| samplex CPU us/q |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: |")
+    ratios = []
+    for row, name in enumerate(names[:reference]):
+        pg_qps = median(records, row, "pgbench", "qps")
+        sx_qps = median(records, row, "samplex", "qps")
+        ratio = sx_qps / pg_qps if pg_qps else float("nan")
+        ratios.append(ratio)
+        label = name
+        if row == 4:
+            label += f" (pgbench: {pool} connections, unpipelined)"
+        w(f"| {label} | {qps_cell(records, row, 'pgbench')} | {qps_cell(records, row, 'samplex')} "
+          f"| {ratio:.2f} | {median(records, row, 'pgbench', 'client_us_per_query'):.2f} "
+          f"| {median(records, row, 'samplex', 'client_us_per_query'):.2f} |")
+    w("")
+    w(f"Reference, pgbench only: {pool} connections driven by one pgbench thread (`-j 1`, as "
+      f"bench-pg drives its {pool} connections from one loop): "
+      f"{qps_cell(records, reference, 'pgbench')} q/s, client CPU "
+      f"{median(records, reference, 'pgbench', 'client_us_per_query'):.2f} us/q.")
+    w("")
+    w("Goals (issue 4):")
+    w("")
+    w("| goal | needed | measured | |")
+    w("| --- | ---: | ---: | --- |")
+    goals = [
+        ("without pipelining, 1 connection: samplex >= pgbench", 0, 1.0),
+        (f"without pipelining, {pool} connections: samplex >= pgbench", 1, 1.0),
+        (f"pipelined (depth {depth}), 1 connection: samplex >= pgbench", 2, 1.0),
+        (f"pipelined (depth {depth}), {pool} connections: samplex >= pgbench", 3, 1.0),
+        (f"{flows} flows over {pool} connections >= 5 x pgbench's unpipelined "
+         f"{pool}-connection rate", 4, 5.0),
+    ]
+    for text, row, needed in goals:
+        met = "met" if ratios[row] >= needed else "not met"
+        w(f"| {text} | {needed:.1f}x | {ratios[row]:.2f}x | {met} |")
+    w("")
+    w("Server CPU per query (all PostgreSQL processes over the whole run, "
+      "connections included; us):")
+    w("")
+    w("| mode | pgbench | samplex |")
+    w("| --- | ---: | ---: |")
+    for row, name in enumerate(names):
+        samplex = median(records, row, "samplex", "server_us_per_query")
+        w(f"| {name} | {median(records, row, 'pgbench', 'server_us_per_query'):.2f} "
+          f"| {'-' if row == reference else f'{samplex:.2f}'} |")
+    w("")
+    w("How each figure is measured:")
+    w("")
+    w(f"- pgbench: `pgbench -n -M prepared -f SCRIPT -c C -j C -T {env['DURATION']}`; "
+      f"SCRIPT is `SELECT 1;`, or for the pipelined rows `\\startpipeline`, {depth} x "
+      f"`SELECT 1;`, `\\endpipeline` (queries = transactions x {depth}). q/s: pgbench's "
+      "tps (without initial connection time) x queries per transaction. Client CPU: "
+      "user + system of the pgbench process and all its threads (wait4), minus its fixed "
+      "cost of starting, connecting (SCRAM) and exiting, measured with `-t 1` runs "
+      f"({env['FIXED']}), over the queries of the run.")
+    w(f"- samplex: `bench-pg` (bench/pg/pg_bench.c), one thread, one loop; {env['WARMUP']} s "
+      f"warm-up, then a {env['DURATION']} s window: the queries whose handler ran in it, and "
+      "the process's getrusage (user + system: samplex + libpq) at its two edges. Rows 1-4: "
+      "the statement is prepared once per connection, every query is "
+      "plex_postgres_query_prepared; unpipelined each connection has one query in flight, "
+      f"the next sent from its handler; pipelined, {depth} in flight per connection, each "
+      f"handler sending one more. Last row: {flows} flows, each with one query in flight, "
+      f"over plex_postgres_pool_create({pool} connections, pipeline on); the pool has no "
+      "prepared path, so these use plex_postgres_pool_query_params(\"SELECT 1\") (Parse + "
+      "Bind + Describe + Execute of the unnamed statement per query: more server work than "
+      "pgbench's prepared Bind + Execute).")
+    w("- Other work: a quiet gate before each measurement (the machine under 15 % busy for "
+      "0.25 s, waiting 5 s at most); a measurement where other processes took more than "
+      f"{env.get('OTHER_MAX', '25')} % of the machine is repeated (twice at most). "
+      "other_pct below is that share (busy time minus server minus client).")
+    w("")
+    w("Raw measurements:")
+    w("")
+    w("```")
+    with open(sys.argv[1]) as raw:
+        for line in raw:
+            w(line.rstrip())
+    w("```")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
