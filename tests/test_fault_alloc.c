@@ -43,7 +43,7 @@ typedef struct Fault {
     long live;    /* allocations not freed yet */
     long fail_at; /* the call that fails (1-based); 0: none */
     FaultMode mode;
-    long injected; /* calls made to fail */
+    long injected;  /* calls made to fail */
     long starve_at; /* starvation walk: the iteration that starves; -1: none */
     bool starved;   /* it has */
 } Fault;
@@ -937,6 +937,77 @@ static void test_pipelined_query_life(void **state)
     walk_all("pipelined query", scenario_query, &options, false);
 }
 
+/* ---- Scenario: queries through a pool ----------------------------------- */
+
+#define POOL_QUERIES 4
+
+typedef struct PoolRun {
+    Run run;
+    const PgOptions *options;
+    Flow *flow;
+    PlexPostgresPool *pool;
+    Step *queries[POOL_QUERIES];
+    int answered;
+} PoolRun;
+
+static void pool_answer(Run *run, Step *step, const PlexEvent *event)
+{
+    PoolRun *p = (PoolRun *)run;
+    if (!run_ok(run, event->result))
+        return;
+    char value[16], expected[16];
+    query_value(event, value, sizeof(value));
+    for (int i = 0; i < POOL_QUERIES; i++)
+        if (p->queries[i] == step)
+            snprintf(expected, sizeof(expected), "%d", i);
+    assert_string_equal(value, expected);
+    if (++p->answered < POOL_QUERIES)
+        return;
+    assert_int_equal(plex_postgres_pool_destroy(p->pool), 0);
+    assert_int_equal(plex_finish(step->flow->plex), 0);
+}
+
+static void pool_start(PoolRun *p)
+{
+    Run *run = &p->run;
+    p->flow = run_flow(run, "pool");
+    for (int i = 0; i < POOL_QUERIES; i++)
+        if (!(p->queries[i] = run_step(run, p->flow, "query", pool_answer)))
+            return;
+    /* Short backoffs: a connection that could not start retries soon. */
+    PlexPostgresPoolConfig config = {.connections = 2,
+                                     .pipeline = p->options->pipeline,
+                                     .backoff_min_ns = FAULT_MS,
+                                     .backoff_max_ns = 4 * FAULT_MS};
+    RUN_PTR(run, p->pool,
+            plex_postgres_pool_create(p->flow->plex, run->loop, p->options->conninfo, &config));
+    for (int i = 0; i < POOL_QUERIES && p->pool && !run->stop; i++) {
+        char sql[32];
+        snprintf(sql, sizeof(sql), "SELECT %d", i);
+        STEP_START(p->queries[i], plex_postgres_pool_query(p->pool, p->queries[i]->item, sql));
+    }
+}
+
+static Verdict scenario_pool(Fault *fault, const void *options)
+{
+    PoolRun p = {.options = options};
+    Run *run = &p.run;
+    if (run_begin(run, fault))
+        pool_start(&p);
+    while (!run->stop && !(p.flow && p.flow->ends == 1))
+        run_iterate(run);
+    if (!run->stop)
+        run->verdict.completed = true;
+    return run_end(run);
+}
+
+static void test_pool_life(void **state)
+{
+    (void)state;
+    PgOptions options = {.conninfo = plex_test_pg_conninfo_or_skip(), .pipeline = true};
+    walk_all("pool", scenario_pool, &options, false);
+}
+
 /* ---- The operation pool exhausted --------------------------------------- */
 
 /* A connection whose peer does not read, with write ops queued on it until
@@ -1056,6 +1127,7 @@ int main(void)
     const struct CMUnitTest postgres_tests[] = {
         cmocka_unit_test(test_query_life),
         cmocka_unit_test(test_pipelined_query_life),
+        cmocka_unit_test(test_pool_life),
     };
     int failures = cmocka_run_group_tests(engine_tests, NULL, NULL);
     if (failures)

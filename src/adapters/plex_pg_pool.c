@@ -120,6 +120,8 @@ PlexPostgresPool *plex_postgres_pool_create(Plex *plex, PlexEventLoop *loop, con
         return NULL;
     }
     int rc = loop->destroying ? -ESHUTDOWN : plex_loop_bind(loop, plex);
+    if (rc == 0 && !pg_module_get(loop))
+        rc = -ENOMEM; /* up front: a connection then always gets its loop */
     if (rc < 0) {
         errno = -rc;
         return NULL;
