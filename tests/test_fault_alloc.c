@@ -274,16 +274,6 @@ static bool step_started(Step *step, int rc)
         step_started((step), step_rc_);               \
     } while (0)
 
-static bool run_begin(Run *run, Fault *fault)
-{
-    *run = (Run){.fault = fault, .deadline_ns = plex_now_ns() + FAULT_RUN_NS};
-    RUN_PTR(run, run->registry, plex_registry_create_with_allocator(&fault->allocator));
-    if (!run->registry)
-        return false;
-    RUN_PTR(run, run->loop, plex_event_loop_create(run->registry));
-    return run->loop != NULL;
-}
-
 /* From now on no operation record is left (the free lists are emptied;
  * records in use still come back to them) and every allocation fails. */
 static void run_starve(Run *run)
@@ -296,9 +286,21 @@ static void run_starve(Run *run)
     fault->starved = true;
 }
 
+static bool run_begin(Run *run, Fault *fault)
+{
+    *run = (Run){.fault = fault, .deadline_ns = plex_now_ns() + FAULT_RUN_NS};
+    RUN_PTR(run, run->registry, plex_registry_create_with_allocator(&fault->allocator));
+    if (!run->registry)
+        return false;
+    RUN_PTR(run, run->loop, plex_event_loop_create(run->registry));
+    if (run->loop && fault->starve_at == 0)
+        run_starve(run); /* before the scenario's first call */
+    return run->loop != NULL;
+}
+
 static void run_iterate(Run *run)
 {
-    if (run->iterations++ == run->fault->starve_at)
+    if (++run->iterations == run->fault->starve_at)
         run_starve(run);
     if (plex_now_ns() > run->deadline_ns)
         fail_msg("N=%ld: the scenario hung", run->fault->fail_at);
@@ -411,8 +413,9 @@ static WalkTally walk(const char *name, Scenario scenario, const void *options, 
     return tally;
 }
 
-/* Runs `scenario` with the loop starved (run_starve) from iteration K on,
- * for K = 0, 1, ... until the scenario completes before K. */
+/* Runs `scenario` with the loop starved (run_starve) from iteration K on
+ * (0: from its creation), for K = 0, 1, ... until the scenario completes
+ * before K. */
 static void walk_starved(const char *name, Scenario scenario, const void *options, bool may_drop)
 {
     WalkTally tally = {0};
@@ -1113,6 +1116,74 @@ static void test_timer_without_op_record(void **state)
     assert_int_equal(fault.live, 0);
 }
 
+/* ---- A pool connection lost while nothing can be allocated -------------- */
+
+static void starve_loop(PlexEventLoop *loop, Fault *fault)
+{
+    Run run = {.fault = fault, .loop = loop};
+    run_starve(&run);
+}
+
+static void pool_answered(Plex *plex, PlexItem *item, const PlexEvent *event)
+{
+    (void)plex;
+    Count *count = plex_item_user_data(item);
+    count_event(item, event, event->result >= 0);
+    if (event->result == 1)
+        snprintf(count->data, sizeof(count->data), "%s", PQgetvalue(event->pg_result, 0, 0));
+}
+
+/* The server ends the pool's only connection while no operation record is
+ * left and nothing can be allocated, so its reconnect cannot be scheduled.
+ * Once memory is back, the pool's next query brings it back: a transient
+ * shortage does not cost a pool its connections for good. */
+static void test_pool_reconnects_after_starvation(void **state)
+{
+    (void)state;
+    const char *conninfo = plex_test_pg_conninfo_or_skip();
+    Fault fault;
+    fault_init(&fault, 0, FAULT_SINGLE);
+    PlexRegistry *registry = plex_registry_create_with_allocator(&fault.allocator);
+    PlexEventLoop *loop = plex_event_loop_create(registry);
+    assert_non_null(loop);
+    Plex *flow = plex_create(registry, "pool");
+    PlexPostgresPoolConfig config = {
+        .connections = 1, .backoff_min_ns = FAULT_MS, .backoff_max_ns = 4 * FAULT_MS};
+    PlexPostgresPool *pool = plex_postgres_pool_create(flow, loop, conninfo, &config);
+    assert_non_null(pool);
+    NET_RUN_UNTIL(loop, plex_postgres_pool_connected(pool) == 1);
+    PlexPostgres *pg = plex_postgres_pool_connection(pool, 0);
+    int pid = PQbackendPID(plex_postgres_conn(pg));
+    /* The connect's deadline timer, cancelled, comes back to the pool. */
+    for (int i = 0; i < 5; i++)
+        assert_true(plex_event_loop_run_once(loop, FAULT_MS) >= 0);
+    starve_loop(loop, &fault);
+    PGconn *side = PQconnectdb(conninfo);
+    assert_int_equal(PQstatus(side), CONNECTION_OK);
+    char sql[64];
+    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)", pid);
+    PGresult *result = PQexec(side, sql);
+    assert_int_equal(PQresultStatus(result), PGRES_TUPLES_OK);
+    PQclear(result);
+    PQfinish(side);
+    NET_RUN_UNTIL(loop, plex_postgres_is_broken(pg));
+    /* Long enough for a scheduled reconnect (1 ms backoff) to have run. */
+    for (int i = 0; i < 10; i++)
+        assert_true(plex_event_loop_run_once(loop, 5 * FAULT_MS) >= 0);
+    assert_true(plex_postgres_is_broken(pg)); /* the reconnect found no memory */
+    fault.fail_at = 0;                        /* memory is back */
+    Count answer = {0};
+    PlexItem *item = plex_item_create(flow, "query", pool_answered, pool_answered, NULL, &answer);
+    assert_non_null(item);
+    assert_int_equal(plex_postgres_pool_query(pool, item, "SELECT 'back'"), 0);
+    NET_RUN_UNTIL(loop, answer.last_calls == 1);
+    assert_int_equal(answer.success, 1);
+    assert_string_equal(answer.data, "back");
+    plex_event_loop_destroy(loop);
+    plex_registry_destroy(registry);
+    assert_int_equal(fault.live, 0);
+}
+
 int main(void)
 {
     fault_trace = getenv("FAULT_TRACE") != NULL;
@@ -1128,6 +1199,7 @@ int main(void)
         cmocka_unit_test(test_query_life),
         cmocka_unit_test(test_pipelined_query_life),
         cmocka_unit_test(test_pool_life),
+        cmocka_unit_test(test_pool_reconnects_after_starvation),
     };
     int failures = cmocka_run_group_tests(engine_tests, NULL, NULL);
     if (failures)

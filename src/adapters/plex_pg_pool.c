@@ -7,8 +7,10 @@
  *   is attached to its creator's flow, and ends with it).
  * - A connection that fails to connect or breaks is reconnected after its
  *   backoff delay, which doubles per failure up to backoff_max_ns and falls
- *   back to backoff_min_ns once connected. Queries are never retried: the
- *   ones pending when it broke have failed with PLEX_EPGBROKEN.
+ *   back to backoff_min_ns once connected (when that delay cannot be
+ *   armed, for want of memory, the pool's next query reconnects it).
+ *   Queries are never retried: the ones pending when it broke have failed
+ *   with PLEX_EPGBROKEN.
  * - The pool's cap counts pending queries over every connection; each
  *   connection's own cap is the pool's, so the pool's check is the one that
  *   bites (-EAGAIN).
@@ -65,8 +67,8 @@ void pg_pool_on_state(PlexPostgres *pg)
     int64_t delay_ns = pg->backoff_ns;
     pg->backoff_ns =
         delay_ns * 2 > pool->config.backoff_max_ns ? pool->config.backoff_max_ns : delay_ns * 2;
-    /* Without memory for a timer, the connection stays broken; the next
-     * query through the pool skips it. */
+    /* Without memory for a timer, the connection stays broken until the
+     * next query through the pool tries it again (pool_repair). */
     (void)pg_schedule_retry(pg, delay_ns);
 }
 
@@ -195,10 +197,25 @@ static PlexPostgres *pool_pick(PlexPostgresPool *pool)
     return best;
 }
 
+/* A broken connection whose reconnect could not be scheduled (no memory
+ * then) is tried again now, so a passing shortage does not cost the pool
+ * that connection for good. */
+static void pool_repair(PlexPostgresPool *pool)
+{
+    for (unsigned i = 0; i < pool->count && !pool->loop->destroying; i++) {
+        PlexPostgres *pg = pool->connections[i];
+        if (pg->state != PG_BROKEN || pg->timeout_op || pg->kick_op || pg->connect_error)
+            continue;
+        if (pg_connect_internal(pool->loop, pg, pool->config.connect_timeout_ns) < 0)
+            pg_pool_on_state(pg);
+    }
+}
+
 static int pool_start(PlexPostgresPool *pool, PlexItem *item, const PgCommand *command)
 {
     if (plex_postgres_pool_queued(pool) >= pool->config.max_queued)
         return -EAGAIN;
+    pool_repair(pool);
     PlexPostgres *pg = pool_pick(pool);
     if (!pg)
         return -ENOTCONN;
