@@ -55,7 +55,8 @@ static const char usage[] =
     "  --schema NAME    keep the tables in this schema (created if missing)\n"
     "  --tick-ms MS     world tick interval (default 5000)\n"
     "  --autosave-ms MS autosave interval (default 60000)\n"
-    "  --idle-ms MS     disconnect a silent player after this (default 300000)\n";
+    "  --idle-ms MS     disconnect a silent player after this, and a connection\n"
+    "                   that has not logged in by then (default 300000)\n";
 
 static bool parse_number(const char *text, long min, long max, long *value)
 {

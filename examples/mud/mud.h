@@ -181,6 +181,7 @@ typedef struct Session {
     bool reading;                /* the multishot read has not made its last call */
     bool output_closed;          /* a write failed: send nothing more */
     bool created;                /* the player row was new */
+    bool spoke;                  /* a line was typed at the login prompt */
     char name[MUD_NAME_MAX + 1]; /* "" until logged in */
     char peer[64];               /* "address:port", for the log */
     Room *room;                  /* while PLAYING */

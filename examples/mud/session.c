@@ -10,9 +10,12 @@
  *   read    multishot receive, for the whole session: bytes go to telnet,
  *           lines come back to on_line; the last call says why it ended
  *   write   every send (its timing shows how fast output leaves)
- *   idle    a one-shot timer, re-armed by every line: a silent player is
- *           told goodbye politely, saved, and disconnected; when closing,
- *           the close's deadline
+ *   idle    a one-shot timer, re-armed by every line once logged in: a
+ *           silent player is told goodbye politely, saved, and
+ *           disconnected. At the login prompt it runs from the connect and
+ *           lines do not re-arm it: it is the login deadline, so a peer
+ *           that types bad names forever cannot keep a session. When
+ *           closing, the close's deadline
  *   load    the query that creates or loads the player row
  *   save    the query that saves the player at the end
  *   close   the graceful close: queued output first, then FIN
@@ -298,7 +301,7 @@ static void on_line(void *context, const char *line, size_t length)
     Session *session = context;
     switch (session->state) {
     case SESSION_LOGIN:
-        session_touch(session);
+        session->spoke = true; /* no touch: the login deadline runs from the connect */
         session_login(session, line);
         break;
     case SESSION_LOADING:
@@ -352,10 +355,8 @@ static void on_idle(Plex *plex, PlexItem *item, const PlexEvent *event)
                 session->name);
         plex_connection_abort(session->conn); /* the close step is still told */
     } else if (session->state == SESSION_LOGIN) {
-        session_printf(session,
-                       "\nYou were silent for %g seconds. Come back when you are ready. "
-                       "Goodbye!\n",
-                       seconds);
+        session_printf(session, "\nYou %s %g seconds. Come back when you are ready. Goodbye!\n",
+                       session->spoke ? "did not give a name within" : "were silent for", seconds);
         session_close(session);
     } else if (session->state == SESSION_PLAYING) {
         mud_log("session %s: %s idle for %g s: disconnecting", session->peer, session->name,
