@@ -15,9 +15,10 @@
  *
  * --idle: server memory per connection. One connection makes one round trip
  * and closes (so the server's one-time set-up is paid), the server's VmRSS
- * is read; then N connections are opened, each makes one round trip (so
- * every one is accepted and set up), and once the RSS is steady it is read
- * again. Prints "idle key=value ...".
+ * is read; then N connections are opened and the RSS is read once steady
+ * (connected, never used); then each makes one round trip (so every one is
+ * surely accepted, and has written once) and stays idle, and the RSS is read
+ * again once steady. Prints "idle key=value ...".
  *
  * One thread, level-triggered epoll; a message costs the generator one
  * send and one recv. Message content depends on connection and sequence
@@ -525,16 +526,19 @@ static int run_idle(Gen *gen)
     long rss_before = steady_rss_kib(o->server_pid);
 
     connect_all(gen, 0, n);
+    long rss_connected = steady_rss_kib(o->server_pid);
     round_trip_each(gen, 0, n, 30);
     int served = 0;
     for (int i = 0; i < n; i++)
         served += gen->conns[i].fd >= 0 && gen->conns[i].done;
     long rss_after = steady_rss_kib(o->server_pid);
-    double per_conn = n > 0 ? (double)(rss_after - rss_before) * 1024.0 / n : 0;
+    double per_conn = (double)(rss_after - rss_before) * 1024.0 / n;
+    double per_conn_unused = (double)(rss_connected - rss_before) * 1024.0 / n;
     printf("idle connections=%d size=%d connected=%d served=%d rss_before_kib=%ld "
-           "rss_after_kib=%ld bytes_per_conn=%.0f mismatches=%" PRIu64 " errors=%" PRIu64 "\n",
-           n, o->size, gen->connected, served, rss_before, rss_after, per_conn, gen->mismatches,
-           gen->errors);
+           "rss_connected_kib=%ld rss_after_kib=%ld bytes_per_conn_unused=%.0f "
+           "bytes_per_conn=%.0f mismatches=%" PRIu64 " errors=%" PRIu64 "\n",
+           n, o->size, gen->connected, served, rss_before, rss_connected, rss_after,
+           per_conn_unused, per_conn, gen->mismatches, gen->errors);
     conns_close(gen, 0, n);
     return gen->mismatches == 0 && served == n ? 0 : 1;
 }
