@@ -43,15 +43,6 @@
 
 #define CLOSE_DEADLINE_NS MS_TO_NS(5000)
 
-/* Valgrind cannot see the kernel fill io_uring's provided buffers, so it
- * would call every received byte uninitialised; we tell it they are not.
- * Without valgrind's headers (or outside valgrind) this costs nothing. */
-#if __has_include(<valgrind/memcheck.h>)
-#include <valgrind/memcheck.h>
-#else
-#define VALGRIND_MAKE_MEM_DEFINED(address, length) ((void)(address), (void)(length))
-#endif
-
 static const char banner[] = "\n"
                              "Welcome to the samplex MUD: a small world run by one io_uring loop.\n"
                              "\n"
@@ -327,7 +318,6 @@ static void on_read(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
     (void)plex;
     Session *session = plex_item_user_data(item);
-    VALGRIND_MAKE_MEM_DEFINED(event->data, event->length);
     telnet_io_receive(session->telnet, event->data, event->length);
 }
 
