@@ -130,6 +130,7 @@ struct PlexPostgres {
     bool closing;           /* a close is queued: no new queries */
     PlexPostgresPool *pool; /* NULL unless pooled */
     int64_t backoff_ns;     /* pool: next reconnect delay */
+    bool retry_lost;        /* pool: that delay could not be armed (no memory) */
     char error[512];        /* saved libpq message once conn is gone */
 };
 

@@ -69,7 +69,7 @@ void pg_pool_on_state(PlexPostgres *pg)
         delay_ns * 2 > pool->config.backoff_max_ns ? pool->config.backoff_max_ns : delay_ns * 2;
     /* Without memory for a timer, the connection stays broken until the
      * next query through the pool tries it again (pool_repair). */
-    (void)pg_schedule_retry(pg, delay_ns);
+    pg->retry_lost = pg_schedule_retry(pg, delay_ns) < 0;
 }
 
 static void pool_free(PlexPostgresPool *pool)
@@ -199,13 +199,17 @@ static PlexPostgres *pool_pick(PlexPostgresPool *pool)
 
 /* A broken connection whose reconnect could not be scheduled (no memory
  * then) is tried again now, so a passing shortage does not cost the pool
- * that connection for good. */
+ * that connection for good. Only those: a connection that just broke is
+ * broken without a retry armed while its failed queries' handlers run
+ * (they may query the pool again), and reconnecting it then would skip the
+ * backoff, a reconnect storm against a server that is down. */
 static void pool_repair(PlexPostgresPool *pool)
 {
     for (unsigned i = 0; i < pool->count && !pool->loop->destroying; i++) {
         PlexPostgres *pg = pool->connections[i];
-        if (pg->state != PG_BROKEN || pg->timeout_op || pg->kick_op || pg->connect_error)
+        if (pg->state != PG_BROKEN || !pg->retry_lost || pg->kick_op || pg->connect_error)
             continue;
+        pg->retry_lost = false;
         if (pg_connect_internal(pool->loop, pg, pool->config.connect_timeout_ns) < 0)
             pg_pool_on_state(pg);
     }
