@@ -252,6 +252,7 @@ static void test_kill_under_pipelined_pool(void **state)
         in_flight += chaos->clients[i].in_flight;
     assert_int_equal(in_flight, CHAOS_FLOWS);
     pg_ctl("kill");
+    uint64_t down_ns = plex_now_ns();
     CHAOS_RUN_UNTIL(fixture, chaos, chaos_all_broken(chaos));
     /* While it is down, queries keep being refused or failing; none hangs. */
     run_for(fixture->loop, 300 * PG_MS);
@@ -259,6 +260,16 @@ static void test_kill_under_pipelined_pool(void **state)
     int broken = CHAOS_SUM(chaos, broken);
     int refused = chaos->start_errors;
     assert_true(broken >= CHAOS_SLEEPERS);
+    /* The backoff bounds the reconnects: each of the 5 connections tries at
+     * most once per backoff_min_ns (20 ms; it doubles), and each failure
+     * fails at most every flow's query. Reconnecting without the backoff
+     * fails tens of thousands. */
+    int64_t down_ms = (int64_t)(plex_now_ns() - down_ns) / PG_MS;
+    int bound = CHAOS_FLOWS * 5 * (int)(2 + down_ms / 20);
+    if (broken > bound)
+        fail_msg("%d queries failed in %lld ms while the server was down (bound %d): "
+                 "the pool reconnects without backing off",
+                 broken, (long long)down_ms, bound);
     assert_int_equal(plex_postgres_pool_connected(chaos->pool), 0);
 
     pg_ctl("start");
@@ -664,6 +675,65 @@ static void test_deadline_pool(void **state)
     assert_int_equal(slow.calls.last, 1);
 }
 
+/* ---- A server that never answers ------------------------------------------ */
+
+/* A server that accepts (the kernel's backlog does) and then says nothing:
+ * only samplex's connect deadline ends the wait. */
+static void test_unanswering_server(void **state)
+{
+    PgFixture *fixture = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = 0};
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    assert_int_equal(bind(fd, (struct sockaddr *)&address, sizeof(address)), 0);
+    assert_int_equal(listen(fd, 16), 0); /* never accepted */
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&address, &length), 0);
+    char conninfo[128];
+    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%d", ntohs(address.sin_port));
+
+    Plex *plex = plex_create(fixture->registry, "owner");
+    PlexPostgres *pg = plex_postgres_create(plex, conninfo);
+    assert_non_null(pg);
+    Timed connect, queued;
+    memset(&connect, 0, sizeof(connect));
+    PlexItem *connect_item =
+        plex_item_create(plex, "connect", timed_handler, timed_handler, timed_cleanup, &connect);
+    connect.started_ns = plex_now_ns();
+    assert_int_equal(plex_postgres_connect(fixture->loop, pg, connect_item, 300 * PG_MS), 0);
+    timed_query(pg, plex, &queued, "SELECT 1"); /* waits for the connect */
+    PG_RUN_UNTIL(fixture->loop, connect.calls.last == 1 && queued.calls.last == 1);
+    assert_timed_out(&connect, 300 * PG_MS);
+    assert_int_equal(queued.calls.error, 1);
+    assert_int_equal(queued.calls.result, PLEX_EPGBROKEN);
+    print_message("unanswering server: %s\n", plex_postgres_error_message(pg));
+    assert_non_null(strstr(plex_postgres_error_message(pg), "timed out"));
+
+    /* A pool against it: nothing connected, starts refused or failed. */
+    PlexPostgresPoolConfig config = {.connections = 2,
+                                     .connect_timeout_ns = 100 * PG_MS,
+                                     .backoff_min_ns = 10 * PG_MS,
+                                     .backoff_max_ns = 20 * PG_MS};
+    PlexPostgresPool *pool = plex_postgres_pool_create(plex, fixture->loop, conninfo, &config);
+    assert_non_null(pool);
+    run_for(fixture->loop, 400 * PG_MS);
+    assert_int_equal(plex_postgres_pool_connected(pool), 0);
+    PgCalls pooled = {0};
+    PlexItem *item = pg_counting_item(plex, "pooled", &pooled);
+    int rc = plex_postgres_pool_query(pool, item, "SELECT 1");
+    if (rc == 0) {
+        PG_RUN_UNTIL(fixture->loop, pooled.last == 1);
+        assert_int_equal(pooled.result, PLEX_EPGBROKEN);
+    } else {
+        assert_int_equal(rc, -ENOTCONN);
+    }
+    assert_int_equal(plex_destroy(plex), 0);
+    assert_int_equal(connect.calls.cleanup + queued.calls.cleanup + pooled.cleanup, 3);
+    run_for(fixture->loop, 20 * PG_MS);
+    close(fd);
+}
+
 int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(280);
@@ -676,6 +746,8 @@ int main(void)
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_deadline_pool, pg_fixture_setup, pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_port, pg_fixture_setup,
+                                        pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unanswering_server, pg_fixture_setup,
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_kill_under_pipelined_pool, pg_fixture_setup,
                                         pg_fixture_teardown),
