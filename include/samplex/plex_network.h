@@ -98,6 +98,15 @@ int plex_listener_destroy(PlexListener *listener);
  * (the name does not resolve), or socket(2)'s error. */
 PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t port);
 
+/* Adopts `fd`, an open connected stream socket (TCP, or one end of a
+ * socketpair), as a connection on `loop` owned by `plex`, in the state of an
+ * accepted one: ready to read and write. The connection owns the socket from
+ * then on and closes it. Returns NULL and sets errno, leaving `fd` to the
+ * caller: EINVAL (NULL, negative fd), ENOTSOCK or EBADF (not a socket),
+ * EPROTOTYPE (not a stream socket), ESTALE (flow ended), ESHUTDOWN (loop being
+ * destroyed), EXDEV (the flow lives on another loop), ENOMEM. */
+PlexConnection *plex_connection_create_from_fd(Plex *plex, PlexEventLoop *loop, int fd);
+
 /* Aborts the connection (see plex_connection_abort) and frees it once the
  * kernel has returned everything it lent. Do not use it afterwards. Safe
  * from any handler, including one of its own. Returns 0, -EINVAL, or

@@ -253,6 +253,34 @@ PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t po
     return conn;
 }
 
+/* A connected stream socket, or the negative errno that says why not. */
+static int check_stream_socket(int fd)
+{
+    int type = 0;
+    socklen_t length = sizeof(type);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0)
+        return -errno;
+    return type == SOCK_STREAM ? 0 : -EPROTOTYPE;
+}
+
+PlexConnection *plex_connection_create_from_fd(Plex *plex, PlexEventLoop *loop, int fd)
+{
+    int rc = !plex || !loop || fd < 0 ? -EINVAL : check_stream_socket(fd);
+    if (rc == 0 && !plex_is_alive(plex))
+        rc = -ESTALE;
+    if (rc == 0 && loop->destroying)
+        rc = -ESHUTDOWN;
+    if (rc == 0)
+        rc = plex_loop_bind(loop, plex);
+    PlexConnection *conn = rc == 0 ? conn_accepted(loop, fd) : NULL;
+    if (!conn) {
+        errno = rc < 0 ? -rc : ENOMEM;
+        return NULL;
+    }
+    plex_resource_attach(plex, &conn->resource, conn_release); /* cannot fail: checked */
+    return conn;
+}
+
 int plex_connection_attach(PlexConnection *conn, Plex *plex)
 {
     if (!conn || !plex || (conn->flags & CONN_DOOMED))

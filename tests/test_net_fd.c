@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * plex_connection_create_from_fd: a socket made elsewhere (one end of a
+ * socketpair) becomes a connection like an accepted one: it reads, writes,
+ * sees the peer's end of stream, closes gracefully, and owns its socket.
+ * What it refuses (not a socket, not a stream, a dead flow) leaves the fd to
+ * the caller. Each handler and cleanup is counted; each test ends with no
+ * op left and a clean loop and registry.
+ */
+#include <fcntl.h>
+
+#include "net_support.h"
+
+typedef struct Fixture {
+    PlexRegistry *registry;
+    PlexEventLoop *loop;
+    unsigned ops_before;
+} Fixture;
+
+static int setup(void **state)
+{
+    Fixture *fixture = calloc(1, sizeof(*fixture));
+    fixture->registry = plex_registry_create();
+    assert_non_null(fixture->registry);
+    fixture->loop = plex_event_loop_create(fixture->registry);
+    assert_non_null(fixture->loop);
+    fixture->ops_before = net_ops_in_use(fixture->loop);
+    *state = fixture;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    Fixture *fixture = *state;
+    NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == fixture->ops_before);
+    plex_event_loop_destroy(fixture->loop);
+    assert_int_equal(plex_registry_count(fixture->registry), 0);
+    plex_registry_destroy(fixture->registry);
+    free(fixture);
+    return 0;
+}
+
+static bool fd_is_open(int fd)
+{
+    return fcntl(fd, F_GETFD) >= 0;
+}
+
+static void test_socketpair_round_trip(void **state)
+{
+    Fixture *fixture = *state;
+    int ends[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends), 0);
+    Plex *flow = plex_create(fixture->registry, "adopted");
+    PlexConnection *conn = plex_connection_create_from_fd(flow, fixture->loop, ends[0]);
+    assert_non_null(conn);
+    assert_int_equal(plex_connection_fd(conn), ends[0]);
+    assert_ptr_equal(plex_connection_plex(conn), flow);
+    assert_ptr_equal(plex_connection_loop(conn), fixture->loop);
+    Count read = {0}, write = {0}, close_count = {0};
+    assert_int_equal(plex_connection_read(conn, counted_item(flow, "read", &read)), 0);
+    assert_int_equal(plex_connection_write(conn, counted_item(flow, "write", &write), "ping", 4),
+                     0);
+    char got[4];
+    assert_int_equal(raw_read_running(fixture->loop, ends[1], got, sizeof(got)), sizeof(got));
+    assert_memory_equal(got, "ping", 4);
+    NET_RUN_UNTIL(fixture->loop, write.last_calls == 1);
+    assert_int_equal(write.success, 1);
+    assert_int_equal(write.result, 4);
+
+    assert_int_equal(send(ends[1], "pong", 4, MSG_NOSIGNAL), 4);
+    assert_int_equal(shutdown(ends[1], SHUT_WR), 0);
+    NET_RUN_UNTIL(fixture->loop, read.last_calls == 1);
+    assert_int_equal(read.bytes, 4);
+    assert_memory_equal(read.data, "pong", 4);
+    assert_int_equal(read.error, 1);
+    assert_int_equal(read.result, PLEX_EEOF);
+
+    assert_int_equal(plex_connection_close(conn, counted_item(flow, "close", &close_count)), 0);
+    NET_RUN_UNTIL(fixture->loop, close_count.last_calls == 1);
+    assert_int_equal(close_count.success, 1);
+    assert_int_equal(close_count.result, 0);
+    char rest;
+    assert_int_equal(recv(ends[1], &rest, 1, 0), 0); /* the graceful close's end of stream */
+    assert_int_equal(plex_connection_fd(conn), -EBADF);
+    assert_int_equal(plex_destroy(flow), 0);
+    assert_int_equal(read.cleanup + write.cleanup + close_count.cleanup, 3);
+    close(ends[1]);
+}
+
+static void test_flow_end_closes_the_socket(void **state)
+{
+    Fixture *fixture = *state;
+    int ends[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends), 0);
+    Plex *flow = plex_create(fixture->registry, "adopted");
+    PlexConnection *conn = plex_connection_create_from_fd(flow, fixture->loop, ends[0]);
+    assert_non_null(conn);
+    Count read = {0};
+    assert_int_equal(plex_connection_read(conn, counted_item(flow, "read", &read)), 0);
+    assert_true(plex_event_loop_run_once(fixture->loop, 0) >= 0);
+    assert_int_equal(plex_destroy(flow), 0);
+    raw_drain_until_closed(fixture->loop, ends[1]); /* returns once the engine closed its end */
+    NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == fixture->ops_before);
+    assert_int_equal(read.success + read.error, 0); /* the flow ended: no handler */
+    assert_int_equal(read.cleanup, 1);
+    close(ends[1]);
+}
+
+typedef struct EndProbe {
+    PlexEventLoop *loop;
+    int fd;
+    int calls;
+    int error;
+} EndProbe;
+
+static void end_probe(Plex *plex, int status)
+{
+    (void)status;
+    EndProbe *probe = plex_user_data(plex);
+    probe->calls++;
+    errno = 0;
+    if (plex_connection_create_from_fd(plex, probe->loop, probe->fd) == NULL)
+        probe->error = errno;
+}
+
+static void test_refusals_leave_the_fd(void **state)
+{
+    Fixture *fixture = *state;
+    Plex *flow = plex_create(fixture->registry, "refusals");
+    int pipe_ends[2], datagram[2], stream[2];
+    assert_int_equal(pipe2(pipe_ends, O_CLOEXEC), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, datagram), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, stream), 0);
+
+    errno = 0;
+    assert_null(plex_connection_create_from_fd(NULL, fixture->loop, stream[0]));
+    assert_int_equal(errno, EINVAL);
+    assert_null(plex_connection_create_from_fd(flow, NULL, stream[0]));
+    assert_int_equal(errno, EINVAL);
+    assert_null(plex_connection_create_from_fd(flow, fixture->loop, -1));
+    assert_int_equal(errno, EINVAL);
+    assert_null(plex_connection_create_from_fd(flow, fixture->loop, pipe_ends[0]));
+    assert_int_equal(errno, ENOTSOCK);
+    assert_null(plex_connection_create_from_fd(flow, fixture->loop, datagram[0]));
+    assert_int_equal(errno, EPROTOTYPE);
+    /* A flow that has ended (seen from its end handler, where it still
+     * exists) adopts nothing. */
+    EndProbe probe = {.loop = fixture->loop, .fd = stream[0]};
+    plex_set_user_data(flow, &probe);
+    assert_int_equal(plex_set_end_handler(flow, end_probe), 0);
+    assert_int_equal(plex_finish(flow), 0);
+    assert_int_equal(probe.calls, 1);
+    assert_int_equal(probe.error, ESTALE);
+
+    for (int i = 0; i < 2; i++) {
+        assert_true(fd_is_open(pipe_ends[i]));
+        assert_true(fd_is_open(datagram[i]));
+        assert_true(fd_is_open(stream[i]));
+        close(pipe_ends[i]);
+        close(datagram[i]);
+        close(stream[i]);
+    }
+}
+
+int main(void)
+{
+    PLEX_TEST_TIMEOUT_GUARD(120);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_socketpair_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flow_end_closes_the_socket, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusals_leave_the_fd, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
