@@ -28,10 +28,11 @@
 typedef struct CqeSpy {
     PlexOpComplete original; /* the adapter's completion function */
     unsigned cqes;
-    unsigned ended;   /* without IORING_CQE_F_MORE */
-    unsigned enobufs; /* -ENOBUFS: the buffer ring ran dry */
-    unsigned data;    /* with bytes (receive) or a socket (accept) */
-    unsigned raced;   /* data for a flow that had already ended */
+    unsigned ended;      /* without IORING_CQE_F_MORE */
+    unsigned enobufs;    /* -ENOBUFS: the buffer ring ran dry */
+    unsigned data;       /* with bytes (receive) or a socket (accept) */
+    unsigned data_ended; /* of those, without IORING_CQE_F_MORE: the kernel stopped */
+    unsigned raced;      /* data for a flow that had already ended */
 } CqeSpy;
 
 static CqeSpy accept_spy, read_spy;
@@ -45,6 +46,8 @@ static void spy_count(CqeSpy *spy, const PlexOp *op, const struct io_uring_cqe *
         spy->enobufs++;
     if (cqe->res > 0) {
         spy->data++;
+        if (!(cqe->flags & IORING_CQE_F_MORE))
+            spy->data_ended++;
         /* The op pins its flow, so the flow may be asked even if it ended. */
         if (op->item && !plex_is_alive(plex_item_plex(op->item)))
             spy->raced++;
@@ -399,9 +402,13 @@ static void test_tiny_completion_queue(void **state)
         assert_int_equal(send(fds[i], message, sizeof(message), 0), (ssize_t)sizeof(message));
     }
     RUN_COUNTING(loop, sessions_received(&server) == (size_t)count * BURST_MESSAGE, most);
-    print_message("receives: most completions in one iteration %d (completion queue %u)\n", most,
-                  cq_entries);
+    print_message("receives: most completions in one iteration %d (completion queue %u); %u "
+                  "multishot receives stopped with their data\n",
+                  most, cq_entries, read_spy.data_ended);
     assert_true(most > (int)cq_entries); /* the overflow was flushed and reaped */
+    /* The full queue stopped receives; re-armed, they still see the ends of
+     * stream below. */
+    assert_true(read_spy.data_ended > 0);
     /* Burst 3: every peer closes at once. */
     most = 0;
     for (int i = 0; i < count; i++)
