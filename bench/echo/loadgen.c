@@ -396,10 +396,14 @@ static int connect_all(Gen *gen, int first, int count)
     return opened;
 }
 
+/* Closes with a reset: 10,000 connections closed the polite way would leave
+ * 10,000 sockets in TIME_WAIT for a minute, on a machine others share. */
 static void conns_close(Gen *gen, int first, int count)
 {
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
     for (int i = first; i < first + count; i++)
         if (gen->conns[i].fd >= 0) {
+            setsockopt(gen->conns[i].fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
             close(gen->conns[i].fd);
             gen->conns[i].fd = -1;
         }
