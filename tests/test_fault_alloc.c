@@ -121,7 +121,7 @@ struct Step {
     int cleanups;
 };
 
-#define RUN_FLOWS 8
+#define RUN_FLOWS 24
 #define RUN_STEPS 24
 
 /* How a run went. */
@@ -467,11 +467,21 @@ static void walk_modes(const char *name, Scenario scenario, const void *options,
 #define TIMER_BURST 100 /* past the heap's first 64 slots and the first arena block */
 #define TICKS 3
 
+#define SHORT_FLOWS 12 /* with the others, past the registry's first table */
+
 typedef struct TimerRun {
     Run run;
     Step *tick, *once, *burst;
     int posts;
+    int short_lived; /* flows finished by their own timer */
 } TimerRun;
+
+static void short_react(Run *run, Step *step, const PlexEvent *event)
+{
+    (void)event;
+    ((TimerRun *)run)->short_lived++;
+    assert_int_equal(plex_finish(step->flow->plex), 0);
+}
 
 static void tick_react(Run *run, Step *step, const PlexEvent *event)
 {
@@ -542,13 +552,19 @@ static void timers_start(TimerRun *t)
             return;
     int rc;
     RUN_INT(run, rc, plex_event_loop_post(run->loop, count_post, t));
-    run_ok(run, rc);
+    if (!run_ok(run, rc))
+        return;
+    for (int i = 0; i < SHORT_FLOWS; i++) {
+        Step *step = run_step(run, run_flow(run, "short"), "end", short_react);
+        if (!step || !timer_start(run, step, 0, false, NULL))
+            return;
+    }
 }
 
 static bool timers_done(const TimerRun *t)
 {
     return t->tick && t->tick->calls == TICKS && t->once->last == 1 &&
-           t->burst->last == TIMER_BURST && t->posts == 1;
+           t->burst->last == TIMER_BURST && t->posts == 1 && t->short_lived == SHORT_FLOWS;
 }
 
 static Verdict scenario_timers(Fault *fault, const void *options)
@@ -959,6 +975,7 @@ static void test_pipelined_query_life(void **state)
 /* ---- Scenario: queries through a pool ----------------------------------- */
 
 #define POOL_QUERIES 4
+#define POOL_BURST 70 /* on one step: past the first slab of request records */
 
 typedef struct PoolRun {
     Run run;
@@ -966,6 +983,7 @@ typedef struct PoolRun {
     Flow *flow;
     PlexPostgresPool *pool;
     Step *queries[POOL_QUERIES];
+    Step *burst;
     int answered;
 } PoolRun;
 
@@ -974,13 +992,17 @@ static void pool_answer(Run *run, Step *step, const PlexEvent *event)
     PoolRun *p = (PoolRun *)run;
     if (!run_ok(run, event->result))
         return;
-    char value[16], expected[16];
+    char value[16], expected[16] = "7";
     query_value(event, value, sizeof(value));
     for (int i = 0; i < POOL_QUERIES; i++)
         if (p->queries[i] == step)
             snprintf(expected, sizeof(expected), "%d", i);
     assert_string_equal(value, expected);
-    if (++p->answered < POOL_QUERIES)
+    /* Connected by now: the burst is sent at once (packing each query
+     * while connecting would cost an allocation per query). */
+    for (int i = 0; p->answered == 0 && i < POOL_BURST && !run->stop; i++)
+        STEP_START(p->burst, plex_postgres_pool_query(p->pool, p->burst->item, "SELECT 7"));
+    if (++p->answered < POOL_QUERIES + POOL_BURST)
         return;
     assert_int_equal(plex_postgres_pool_destroy(p->pool), 0);
     assert_int_equal(plex_finish(step->flow->plex), 0);
@@ -993,6 +1015,8 @@ static void pool_start(PoolRun *p)
     for (int i = 0; i < POOL_QUERIES; i++)
         if (!(p->queries[i] = run_step(run, p->flow, "query", pool_answer)))
             return;
+    if (!(p->burst = run_step(run, p->flow, "burst", pool_answer)))
+        return;
     /* Short backoffs: a connection that could not start retries soon. */
     PlexPostgresPoolConfig config = {.connections = 1,
                                      .pipeline = p->options->pipeline,
