@@ -25,7 +25,10 @@ extern "C" {
 #endif
 
 /* Where samplex gets memory. Any function may be NULL, meaning libc's.
- * `alloc` returns NULL when it fails; samplex turns that into -ENOMEM. */
+ * `alloc` returns NULL when it fails; samplex turns that into -ENOMEM.
+ * A registry's allocator is called from every thread that uses it (each
+ * loop's, and any thread that creates flows or posts to a loop), so it
+ * must be thread-safe when there are several. */
 typedef struct PlexAllocator {
     void *(*alloc)(void *context, size_t size);
     void (*free)(void *context, void *pointer);
