@@ -20,7 +20,9 @@ hostile socket was closed) and by its resident memory (VmRSS):
   descriptors a second server under `prlimit --nofile=64` gets 200
               connections: it serves those it can accept without spinning,
               and serves again once they are gone
-  sigterm     SIGTERM while 32 clients echo flat out: exit 0 within 2 s
+  sigterm     SIGTERM while 32 clients echo flat out and 8 slow readers
+              wait: exit 0 within 2 s
+  threads=2   resets and SIGTERM again against two loops sharing the port
 
 Prints the numbers (connections survived, RSS before/after each scenario).
 """
@@ -56,14 +58,16 @@ def check(condition, message):
 
 
 class Server:
-    def __init__(self, prefix=()):
+    def __init__(self, prefix=(), threads=1):
         self.prefix = list(prefix)
+        self.threads = threads
         self.process = None
         self.port = None
 
     def start(self):
         self.process = subprocess.Popen(
-            self.prefix + [ECHO, "--port", "0", "--host", "127.0.0.1"],
+            self.prefix + [ECHO, "--port", "0", "--host", "127.0.0.1", "--threads",
+                           str(self.threads)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.process.stdout.readline().decode()
         match = re.match(r"^listening on 127\.0\.0\.1:(\d+)$", line.strip())
@@ -168,12 +172,12 @@ def fresh_client(server, scenario):
 
 # ---- Scenarios -------------------------------------------------------------
 
-def scenario_resets(server):
+def scenario_resets(server, waves=10):
     """2,000 connections in waves of 200, each reset in the middle of a
     message. Returns how many connected and how many got some echo first."""
     rng = random.Random(1)
     connected = echoed = 0
-    for wave in range(10):
+    for wave in range(waves):
         socks = []
         for _ in range(200):
             socks.append(connect(server.port))
@@ -363,6 +367,15 @@ def scenario_descriptors():
 
 
 def scenario_sigterm(server):
+    # Paused slow readers too: the server holds their echo when told to stop.
+    slow = [connect(server.port, rcvbuf=4096) for _ in range(8)]
+    for sock in slow:
+        sock.setblocking(False)
+        try:
+            while True:
+                sock.send(b"z" * 65536)
+        except BlockingIOError:
+            pass
     stop = threading.Event()
     echoed = [0] * 32
     closed = [False] * 32
@@ -399,6 +412,8 @@ def scenario_sigterm(server):
         t.join(10)
     check(status == 0, f"exit status {status} after SIGTERM: {server.process.stderr.read()!r}")
     check(all(closed), "a client was not disconnected")
+    for sock in slow:
+        sock.close()
     return sum(echoed), took
 
 
@@ -447,7 +462,19 @@ def main():
               "in 2 s of exhaustion, served again after", flush=True)
 
         messages, took = scenario_sigterm(server)
-        print(f"sigterm      {messages} messages echoed by 32 clients, exited 0 in {took:.2f} s")
+        print(f"sigterm      {messages} messages echoed by 32 clients (8 slow readers paused), "
+              f"exited 0 in {took:.2f} s", flush=True)
+
+        # Two threads (two loops sharing the port): resets, then SIGTERM.
+        server = Server(threads=2).start()
+        fresh_client(server, "threads=2 start")
+        base_fds = server.fds()
+        connected, _ = scenario_resets(server, waves=5)
+        server.wait_fds(base_fds)
+        fresh_client(server, "threads=2 resets")
+        messages, took = scenario_sigterm(server)
+        print(f"threads=2    {connected} connections reset, then {messages} messages and "
+              f"SIGTERM: exited 0 in {took:.2f} s")
     finally:
         server.kill()
     print(f"PASS in {time.monotonic() - started:.1f} s")
