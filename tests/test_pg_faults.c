@@ -294,6 +294,68 @@ static void test_kill_under_pipelined_pool(void **state)
     free(chaos);
 }
 
+/* ---- Server killed while a 64 MiB query is going out --------------------- */
+
+static void test_kill_mid_send(void **state)
+{
+    PgFixture *fixture = *state;
+    if (!pg_ctl_or_skip())
+        skip();
+    Plex *plex;
+    PlexPostgres *pg = pg_connect_now(fixture, &plex, NULL);
+    assert_int_equal(plex_postgres_set_pipeline(pg, true), 0);
+    size_t size = (size_t)64 << 20;
+    char *big = malloc(size + 1);
+    assert_non_null(big);
+    memset(big, 'b', size);
+    big[size] = '\0';
+    const char *values[1] = {big};
+    PlexPostgresParams params = {.count = 1, .values = values};
+    PgCalls calls[11];
+    memset(calls, 0, sizeof(calls));
+    PlexItem *item = pg_counting_item(plex, "big", &calls[0]);
+    assert_int_equal(plex_postgres_query_params(pg, item, "SELECT length($1)", &params), 0);
+    free(big); /* copied or sent by now */
+    for (int i = 1; i < 11; i++) {
+        item = pg_counting_item(plex, "behind", &calls[i]);
+        assert_int_equal(plex_postgres_query(pg, item, "SELECT 1"), 0);
+    }
+    /* A few iterations: the query is on its way, not all of it sent. */
+    for (int i = 0; i < 3; i++)
+        assert_true(plex_event_loop_run_once(fixture->loop, 5 * PG_MS) >= 0);
+    assert_int_equal(calls[0].last, 0);
+    pg_ctl("kill");
+    int finished = 0;
+    uint64_t deadline = plex_now_ns() + PG_WAIT_NS;
+    while (finished < 11) {
+        assert_true(plex_now_ns() < deadline);
+        assert_true(plex_event_loop_run_once(fixture->loop, 20 * PG_MS) >= 0);
+        finished = 0;
+        for (int i = 0; i < 11; i++)
+            finished += calls[i].last;
+    }
+    run_for(fixture->loop, 20 * PG_MS);
+    for (int i = 0; i < 11; i++) {
+        assert_int_equal(calls[i].last, 1);
+        assert_int_equal(calls[i].more, 0);
+        assert_int_equal(calls[i].error, 1);
+        assert_int_equal(calls[i].result, PLEX_EPGBROKEN);
+    }
+    assert_true(plex_postgres_is_broken(pg));
+    pg_ctl("start");
+    PgCalls reset = {0}, after;
+    PlexItem *reset_item = pg_counting_item(plex, "reset", &reset);
+    assert_int_equal(plex_postgres_reset(pg, reset_item, PG_CONNECT_TIMEOUT_NS), 0);
+    PG_RUN_UNTIL(fixture->loop, reset.last == 1);
+    assert_int_equal(reset.success, 1);
+    query_now(fixture, pg, plex, "SELECT 'after'", &after);
+    assert_int_equal(after.success, 1);
+    assert_string_equal(after.value, "after");
+    assert_int_equal(plex_destroy(plex), 0);
+    for (int i = 0; i < 11; i++)
+        assert_int_equal(calls[i].cleanup, 1);
+}
+
 /* ---- Unreachable at start ------------------------------------------------ */
 
 /* A port on 127.0.0.1 that refuses connections: bound, never listening. */
@@ -753,6 +815,7 @@ int main(void)
                                         pg_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_server_down_at_start_then_up, pg_fixture_setup,
                                         pg_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_kill_mid_send, pg_fixture_setup, pg_fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
