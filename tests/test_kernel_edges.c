@@ -13,6 +13,8 @@
  *   reading its connection (or writes to it and aborts), in the iteration
  *   whose completions carry that flow's data too; every operation ends
  *   once, no handler runs for a dead flow, every cleanup and end once;
+ * - a one-entry submission queue: linked pairs (connect and its deadline,
+ *   shutdown and close) still fit;
  * - a loop destroyed with data and ends of stream waiting in its queue.
  * The multishot stop and re-arm is seen through the completions themselves:
  * a spy (white box) wraps the completion function of the accept and of the
@@ -422,6 +424,42 @@ static void test_tiny_completion_queue(void **state)
     free(fds);
 }
 
+/* ---- A one-entry submission queue ---------------------------------------- */
+
+/* The loop links two SQEs for a connect with a deadline (connect + linked
+ * timeout) and for a graceful close (shutdown + close): both still work
+ * when the configuration asks for a single submission entry. */
+static void test_one_entry_submission_queue(void **state)
+{
+    Fixture *fixture = *state;
+    PlexEventLoopConfig config = {.queue_depth = 1};
+    PlexEventLoop *loop = fixture_loop(fixture, &config);
+    EchoServer server = {0};
+    echo_server_start(&server, fixture->registry, loop, NULL);
+    Plex *flow = plex_create(fixture->registry, "client");
+    PlexConnection *conn = plex_connection_create(flow, "127.0.0.1", server.port);
+    assert_non_null(conn);
+    Count connect = {0}, read = {0}, closed = {0};
+    assert_int_equal(
+        plex_connection_connect(loop, conn, counted_item(flow, "connect", &connect), 5000 * NET_MS),
+        0);
+    NET_RUN_UNTIL(loop, connect.last_calls == 1);
+    assert_int_equal(connect.success, 1);
+    assert_int_equal(plex_connection_read(conn, counted_item(flow, "read", &read)), 0);
+    assert_int_equal(plex_connection_write(conn, NULL, "hello", 5), 0);
+    NET_RUN_UNTIL(loop, read.bytes == 5);
+    assert_memory_equal(read.data, "hello", 5);
+    assert_int_equal(plex_connection_close(conn, counted_item(flow, "close", &closed)), 0);
+    NET_RUN_UNTIL(loop, closed.last_calls == 1 && server.sessions_ended == 1);
+    assert_int_equal(closed.result, 0);
+    assert_int_equal(read.last_calls, 1);
+    assert_int_equal(read.result, -ECANCELED);
+    assert_int_equal(server.read_eofs, 1); /* the shutdown reached the server */
+    assert_int_equal(plex_destroy(flow), 0);
+    assert_int_equal(connect.cleanup + read.cleanup + closed.cleanup, 3);
+    echo_server_stop(&server);
+}
+
 /* ---- Cancellation racing completion ------------------------------------ */
 
 typedef enum RaceKind {
@@ -748,6 +786,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tiny_buffer_ring, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tiny_completion_queue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_entry_submission_queue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_races_completion, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_races_tiny_queues, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_with_completions_waiting, setup, teardown),

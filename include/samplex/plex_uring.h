@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 typedef struct PlexEventLoopConfig {
-    unsigned queue_depth;     /* submission queue entries; 0: 256 */
+    unsigned queue_depth;     /* submission queue entries (at least 2); 0: 256 */
     unsigned buffer_count;    /* provided receive buffers (power of two); 0: 256 */
     unsigned buffer_size;     /* bytes per receive buffer; 0: 4096 */
     int64_t timer_slack_ns;   /* how much after its target a timer may fire so that

@@ -25,6 +25,7 @@
 #include "adapters/loop.h"
 
 #define PLEX_DEFAULT_QUEUE_DEPTH 256u
+#define PLEX_MIN_QUEUE_DEPTH 2u /* the longest linked chain: connect + timeout, shutdown + close */
 #define PLEX_DEFAULT_BUFFER_COUNT 256u
 #define PLEX_DEFAULT_BUFFER_SIZE 4096u
 #define PLEX_DEFAULT_TIMER_SLACK_NS 50000
@@ -399,6 +400,8 @@ static void config_apply(PlexEventLoop *loop, const PlexEventLoopConfig *config)
     loop->config = config ? *config : defaults;
     if (!loop->config.queue_depth)
         loop->config.queue_depth = PLEX_DEFAULT_QUEUE_DEPTH;
+    else if (loop->config.queue_depth < PLEX_MIN_QUEUE_DEPTH)
+        loop->config.queue_depth = PLEX_MIN_QUEUE_DEPTH;
     if (!loop->config.buffer_count)
         loop->config.buffer_count = PLEX_DEFAULT_BUFFER_COUNT;
     if (!loop->config.buffer_size)
