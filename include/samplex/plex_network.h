@@ -61,7 +61,9 @@ PlexListener *plex_listener_create(Plex *plex, const char *host, uint16_t port,
  * new PlexConnection on `loop`), event->listener, event->result = its fd and
  * PLEX_EVENT_MORE set. The handler must plex_connection_attach() the
  * connection to a flow or destroy it; one still unattached when the handler
- * returns is closed and freed by the adapter (no leak).
+ * returns is closed and freed by the adapter (no leak). A socket accepted
+ * when samplex has no memory for its connection is closed at once, without
+ * a call (its peer sees the connection closed); accepting goes on.
  * On EMFILE/ENFILE (or ENOMEM/ENOBUFS) accepting pauses and is retried after
  * 10 ms, doubling up to 1 s, while existing connections keep being served;
  * these errors never reach the handler. The last call is on_error with
