@@ -12,12 +12,20 @@
  * - every operation started ends at most once (exactly once when the run
  *   completes), no handler runs for an ended flow, every cleanup and every
  *   end handler runs exactly once.
- * "Single" mode fails only the Nth allocation; "persistent" mode fails the
- * Nth and every one after it (recovery and teardown must then not need
- * memory). Scenarios: a timer's life, a connection's life (listener,
- * accept, read, write, close; an engine client and a raw socket), a query's
- * life (connect, queued and direct queries, results, close) against the
- * test server, plain and pipelined.
+ * Walks: "single" fails only the Nth allocation and stops at the error;
+ * "retry" makes a call that returned -ENOMEM once more (a failed call must
+ * leave nothing behind, so the scenario then completes); "persistent"
+ * fails the Nth and every later one (teardown must not need memory);
+ * "starved" empties the loop's pool of operation records and fails every
+ * allocation from loop iteration K on, K = 0, 1, ..., so the records the
+ * engine takes for itself (a poll, a close, a kernel timeout) fail too.
+ * Scenarios: a timer's life (and twelve short-lived flows), a connection's
+ * life (listener, accept, read, write, close; an engine client and a raw
+ * socket), a query's life (connect, queued and direct queries, results,
+ * close; plain and pipelined) and a pool's life against the test server.
+ * Two more tests hold the pool of records exhausted: a timer must still
+ * fire on time, and a pool connection lost meanwhile must come back.
+ * FAULT_TRACE=1 prints every allocation of the runs without failure.
  */
 #include <dirent.h>
 #include <inttypes.h>
