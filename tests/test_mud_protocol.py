@@ -11,10 +11,14 @@
   the other player raw; valid UTF-8 arrives intact.
 - A player who reads nothing while others talk is dropped once 256 KiB of
   output are queued for them (bounded memory per peer); the talker is fine.
+- A peer that turns on compression itself (IAC SB COMPRESS2 IAC SE, which
+  libtelnet would obey) is refused: nothing it sends after is parsed (the
+  compressed line never arrives), it is saved and disconnected.
 """
 import os
 import sys
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mud_support import (DO, DONT, IAC, NOP, SB, SE, WILL, WONT, Mud, Player,  # noqa: E402
@@ -107,6 +111,22 @@ def hostile_bytes(player, listener):
     received.decode("utf-8")  # strict: raises if anything invalid got through
 
 
+def compression_refused(mud, listener, tag):
+    COMPRESS2 = 86
+    player = Player(mud.port).login(f"{tag}zipper")
+    listener.expect(rf"{player.name} appears")
+    player.line("say before")
+    listener.expect(rf"{player.name} says: before\r\n")
+    start = len(listener.raw)
+    player.send(bytes([IAC, SB, COMPRESS2, IAC, SE]) + zlib.compress(b"say inflated\r\n" * 1000))
+    mud.wait_log(rf"\({player.name}\): refused: it turned on compression")
+    listener.expect(rf"{player.name} has lost the link")
+    player.expect_closed()
+    mud.wait_log(rf"'session [^']*' {player.name} ended")
+    check(b"inflated" not in bytes(listener.raw[start:]), "a compressed line was inflated")
+    print("ok: a peer that turned on compression was refused and disconnected")
+
+
 def slow_reader(mud, talker, tag):
     reader = Player(mud.port, receive_buffer=4096).login(f"{tag}reader")
     talker.expect(rf"{reader.name} appears")
@@ -144,6 +164,7 @@ try:
     ends_of_line(speaker, listener)
     overlong(speaker, listener)
     hostile_bytes(speaker, listener)
+    compression_refused(mud, listener, tag)
     slow_reader(mud, speaker, tag)
     speaker.line("who")  # still alive and well
     speaker.expect(r"Players online: 2")

@@ -210,6 +210,9 @@ typedef struct TelnetIOHandlers {
     void (*overlong)(void *context);
     /* Bytes for the socket (telnet-encoded). */
     void (*send)(void *context, const void *bytes, size_t length);
+    /* The peer broke the protocol (`reason` says how): called once, after
+     * which its input is ignored. Printing still works. */
+    void (*refused)(void *context, const char *reason);
 } TelnetIOHandlers;
 
 TelnetIO *telnet_io_create(PlexArena *arena, const TelnetIOHandlers *handlers, void *context);

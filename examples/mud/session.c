@@ -314,6 +314,15 @@ static void on_overlong(void *context)
                    MUD_LINE_MAX);
 }
 
+/* The peer broke the telnet protocol: its input is ignored from now on, so
+ * stop reading; the read's end treats it as gone (save, then close). */
+static void on_refused(void *context, const char *reason)
+{
+    Session *session = context;
+    mud_log("session %s (%s): refused: %s", session->peer, session->name, reason);
+    plex_connection_read_stop(session->conn); /* -ENOENT if not reading: then it is over */
+}
+
 static void on_read(Plex *plex, PlexItem *item, const PlexEvent *event)
 {
     (void)plex;
@@ -420,7 +429,7 @@ static Session *session_create(Mud *mud, Plex *plex, PlexConnection *conn)
         return NULL;
     /* Last: libtelnet's state is the one thing that needs the end handler
      * (set by session_begin) to be freed. */
-    static const TelnetIOHandlers handlers = {on_line, on_overlong, on_telnet_send};
+    static const TelnetIOHandlers handlers = {on_line, on_overlong, on_telnet_send, on_refused};
     session->telnet = telnet_io_create(plex_arena(plex), &handlers, session);
     if (!session->telnet)
         return NULL;

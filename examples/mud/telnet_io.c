@@ -16,6 +16,11 @@
  *   UTF-8 only. So nothing a player types reaches another player raw.
  * - Output goes through libtelnet ("\n" -> CRLF, byte 0xFF escaped), is
  *   collected while libtelnet encodes it and leaves as one socket write.
+ * - A peer that turns on compression (IAC SB COMPRESS2 IAC SE: libtelnet
+ *   starts inflating what follows without asking whether it was agreed; we
+ *   refuse it, and MCCP only ever compresses what the server sends) is
+ *   refused: the handler is told once, and no more of its input is parsed,
+ *   so it can neither garble lines nor make us inflate a decompression bomb.
  */
 #include <errno.h>
 #include <stddef.h> /* before libtelnet.h, which uses size_t without it */
@@ -37,6 +42,7 @@ struct TelnetIO {
     bool discarding; /* the current line is over the cap */
     unsigned depth;  /* calls into libtelnet on the stack */
     bool destroyed;  /* telnet_io_destroy was called: deliver nothing more */
+    bool refused;    /* the peer broke the protocol: parse nothing more */
     unsigned errors; /* protocol errors logged so far */
     size_t line_length;
     char line[MUD_LINE_MAX];
@@ -203,14 +209,20 @@ static void on_telnet_event(telnet_t *telnet, telnet_event_t *event, void *user_
 {
     (void)telnet;
     TelnetIO *io = user_data;
-    if (io->destroyed)
-        return; /* a line handler ended the session: drop the rest */
+    if (io->destroyed || io->refused)
+        return; /* a line handler ended the session, or we refused the peer */
     switch (event->type) {
     case TELNET_EV_DATA:
         receive_data(io, event->data.buffer, event->data.size);
         break;
     case TELNET_EV_SEND:
         collect_output(io, event->data.buffer, event->data.size);
+        break;
+    case TELNET_EV_COMPRESS:
+        if (event->compress.state) {
+            io->refused = true;
+            io->handlers.refused(io->context, "it turned on compression, which we refuse");
+        }
         break;
     case TELNET_EV_WARNING:
     case TELNET_EV_ERROR:
@@ -267,7 +279,7 @@ static bool leave_libtelnet(TelnetIO *io)
 
 void telnet_io_receive(TelnetIO *io, const void *data, size_t length)
 {
-    if (io->destroyed)
+    if (io->destroyed || io->refused)
         return;
     io->depth++;
     telnet_recv(io->telnet, data, length);
