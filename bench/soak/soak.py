@@ -272,7 +272,7 @@ def write_report(path, seconds, samples, verdicts, counters, pg_final, statuses)
                f"{seconds} s ({seconds / 60:.0f} min), by `bench/soak/run.sh`; kernel "
                f"{os.uname().release}, {os.cpu_count()} CPUs. VmRSS from /proc/PID/status "
                f"every {SAMPLE_S} s.\n")
-    out.append("Load: " + __doc__.split("Load (", 1)[1].split("Memory must", 1)[0]
+    out.append("Load:\n\n" + __doc__.split("Load (", 1)[1].split("Memory must", 1)[0]
                .split("\n", 1)[1].strip() + "\n")
     out.append("## Verdict\n")
     out.append("Rule: after the warm-up (first 10% of the run, at least 30 s), the highest "
