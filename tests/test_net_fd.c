@@ -87,6 +87,32 @@ static void test_socketpair_round_trip(void **state)
     close(ends[1]);
 }
 
+/* The peer sends more than 32 buffers' worth and closes before the loop
+ * reads any of it: every byte arrives, then the end of stream. (A multishot
+ * receive on AF_UNIX never reported that end on Linux 6.17+; found by
+ * fuzz_connection_io.) */
+static void test_end_of_stream_after_a_burst(void **state)
+{
+    Fixture *fixture = *state;
+    int ends[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends), 0);
+    const size_t length = 40 * 4096;
+    unsigned char *payload = net_payload(length);
+    assert_int_equal(send(ends[1], payload, length, MSG_NOSIGNAL), (ssize_t)length);
+    close(ends[1]);
+    Plex *flow = plex_create(fixture->registry, "burst");
+    PlexConnection *conn = plex_connection_create_from_fd(flow, fixture->loop, ends[0]);
+    assert_non_null(conn);
+    Count read = {0};
+    assert_int_equal(plex_connection_read(conn, counted_item(flow, "read", &read)), 0);
+    NET_RUN_UNTIL(fixture->loop, read.last_calls == 1);
+    assert_int_equal(read.bytes, length);
+    assert_int_equal(read.result, PLEX_EEOF);
+    assert_int_equal(read.error, 1);
+    assert_int_equal(plex_destroy(flow), 0);
+    free(payload);
+}
+
 static void test_flow_end_closes_the_socket(void **state)
 {
     Fixture *fixture = *state;
@@ -167,6 +193,7 @@ int main(void)
     PLEX_TEST_TIMEOUT_GUARD(120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_socketpair_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_end_of_stream_after_a_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flow_end_closes_the_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_leave_the_fd, setup, teardown),
     };

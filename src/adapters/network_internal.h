@@ -58,6 +58,7 @@ typedef enum ConnState {
 #define CONN_TIMEOUT 0x10u    /* the connect carries a linked timeout */
 #define CONN_SEND_ARMED 0x20u /* the send op is in the kernel */
 #define CONN_READ_ARMED 0x40u /* the read op is in the kernel */
+#define CONN_RECV_ONESHOT 0x80u /* one receive per op, never multishot (see read_arm) */
 
 struct PlexConnection {
     PlexResource resource; /* owned by its flow; plex NULL while unattached */

@@ -253,19 +253,25 @@ PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t po
     return conn;
 }
 
-/* A connected stream socket, or the negative errno that says why not. */
-static int check_stream_socket(int fd)
+/* A connected stream socket, or the negative errno that says why not.
+ * Sets *unix_socket for AF_UNIX. */
+static int check_stream_socket(int fd, bool *unix_socket)
 {
-    int type = 0;
+    int type = 0, domain = 0;
     socklen_t length = sizeof(type);
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0)
         return -errno;
+    length = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) < 0)
+        return -errno;
+    *unix_socket = domain == AF_UNIX;
     return type == SOCK_STREAM ? 0 : -EPROTOTYPE;
 }
 
 PlexConnection *plex_connection_create_from_fd(Plex *plex, PlexEventLoop *loop, int fd)
 {
-    int rc = !plex || !loop || fd < 0 ? -EINVAL : check_stream_socket(fd);
+    bool unix_socket = false;
+    int rc = !plex || !loop || fd < 0 ? -EINVAL : check_stream_socket(fd, &unix_socket);
     if (rc == 0 && !plex_is_alive(plex))
         rc = -ESTALE;
     if (rc == 0 && loop->destroying)
@@ -277,6 +283,8 @@ PlexConnection *plex_connection_create_from_fd(Plex *plex, PlexEventLoop *loop, 
         errno = rc < 0 ? -rc : ENOMEM;
         return NULL;
     }
+    if (unix_socket)
+        conn->flags |= CONN_RECV_ONESHOT;
     plex_resource_attach(plex, &conn->resource, conn_release); /* cannot fail: checked */
     return conn;
 }

@@ -45,7 +45,12 @@ static int read_arm(PlexConnection *conn, PlexOp *op)
     struct io_uring_sqe *sqe = plex_loop_sqe(loop, op);
     if (!sqe)
         return -EBUSY;
-    if (loop->has_recv_multishot)
+    /* Not on AF_UNIX: from Linux 6.17 a multishot receive there can miss
+     * the end of stream when the peer closed before the last bytes were
+     * read (the socket reports 0 bytes left, so io_uring waits for a wakeup
+     * that already happened; "io_uring/poll: fix multishot recv missing EOF
+     * on wakeup race", 2026). A one-shot receive polls afresh each time. */
+    if (loop->has_recv_multishot && !(conn->flags & CONN_RECV_ONESHOT))
         io_uring_prep_recv_multishot(sqe, conn->fd, NULL, 0, 0);
     else
         io_uring_prep_recv(sqe, conn->fd, NULL, loop->buffers.size, 0);
