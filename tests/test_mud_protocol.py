@@ -132,8 +132,11 @@ def slow_reader(mud, talker, tag):
     talker.expect(rf"{reader.name} appears")
     line = "say " + "w" * 400
     for batch in range(100):  # up to 4 MB for the reader, far over its cap
-        talker.send((line + "\r\n").encode() * 100)
-        talker.drain(0.01)  # the talker reads its own echoes
+        talker.send((line + "\r\n").encode() * 99 + f"say end of {batch}\r\n".encode())
+        # The talker reads every echo it caused, so that only the reader
+        # falls behind (a talker that read for a fixed 10 ms fell behind too
+        # on a loaded machine, and was dropped at its own cap).
+        talker.expect(rf"You say: end of {batch}\r\n")
         if mud.log_matches(rf"\({reader.name}\): cannot send \(ENOBUFS\): dropping"):
             break
     mud.wait_log(rf"\({reader.name}\): cannot send \(ENOBUFS\): dropping the connection")
