@@ -153,9 +153,13 @@ def main():
       "Bind + Describe + Execute of the unnamed statement per query: more server work than "
       "pgbench's prepared Bind + Execute).")
     w("- Other work: a quiet gate before each measurement (the machine under 15 % busy for "
-      "0.25 s, waiting 5 s at most); a measurement where other processes took more than "
-      f"{env.get('OTHER_MAX', '25')} % of the machine is repeated (twice at most). "
-      "other_pct below is that share (busy time minus server minus client).")
+      f"0.25 s, waiting {env['QUIET_MAX']} s at most); a measurement where other processes "
+      f"took more than {env['OTHER_MAX']} % of the machine is repeated (twice at most, and "
+      f"neither waiting nor repeating after {env['BUDGET']} s). other_pct in the raw lines is "
+      "that share over the whole run of the tool (busy CPU time minus the server's and the "
+      "client's, over wall time x CPUs); load1 is the 1-minute load average after it, which "
+      "counts this run's own processes too (8 pgbench threads and 8 backends are up to 16 "
+      "runnable), so other_pct, not the load, says whether others were busy.")
     w("")
     w("Raw measurements:")
     w("")

@@ -7,11 +7,12 @@
 #   bench/pg/run.sh            (from the repository root, after a build)
 #
 # Environment: BUILD_DIR (build), ROUNDS (3), WARMUP (1 s, bench-pg only:
-# pgbench has none), DURATION (5 s), DEPTH (100), FLOWS (1000), POOL (8),
+# pgbench has none), DURATION (4 s), DEPTH (100), FLOWS (1000), POOL (8),
 # QUIET_MAX (3 s: how long to wait for other work to stop before each
 # measurement), OTHER_MAX (25: a measurement where other work took more
-# than this % of the machine is repeated, twice at most), BUDGET (200 s: no
-# repeats and no waiting for quiet after that), OUT (bench/pg/results.md), PGBENCH
+# than this % of the machine is repeated, twice at most), BUDGET (150 s: no
+# repeats and no waiting for quiet after that; the whole run takes about
+# 2.5 minutes on a quiet machine, under 4.5 on a busy one), OUT (bench/pg/results.md), PGBENCH
 # (/usr/lib/postgresql/15/bin/pgbench), BENCH_COMMIT (what the report names
 # as the build's commit; default HEAD).
 #
@@ -38,13 +39,13 @@ set -euo pipefail
 BUILD_DIR=${BUILD_DIR:-build}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
-DURATION=${DURATION:-5}
+DURATION=${DURATION:-4}
 DEPTH=${DEPTH:-100}
 FLOWS=${FLOWS:-1000}
 POOL=${POOL:-8}
 QUIET_MAX=${QUIET_MAX:-3}
 OTHER_MAX=${OTHER_MAX:-25}
-BUDGET=${BUDGET:-200}
+BUDGET=${BUDGET:-150}
 OUT=${OUT:-bench/pg/results.md}
 PGBENCH=${PGBENCH:-/usr/lib/postgresql/15/bin/pgbench}
 
@@ -293,6 +294,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 names=$(printf '%s\n' "${ROW_NAMES[@]}")
 ELAPSED=$elapsed LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$LOAD_AFTER ROW_NAMES=$names DEPTH=$DEPTH \
     FLOWS=$FLOWS POOL=$POOL DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS OTHER_MAX=$OTHER_MAX \
+    QUIET_MAX=$QUIET_MAX BUDGET=$BUDGET \
     FIXED="$(cat "$WORK/fixed.txt")" \
     python3 "$ROOT/bench/pg/report.py" "$RAW" >"$OUT"
 cat "$OUT"
