@@ -130,6 +130,10 @@ def compression_refused(mud, listener, tag):
 def slow_reader(mud, talker, tag):
     reader = Player(mud.port, receive_buffer=4096).login(f"{tag}reader")
     talker.expect(rf"{reader.name} appears")
+    # The reader may be dropped in the middle of a batch, so its "lost the
+    # link" can reach the talker before the talker's own "end of" line:
+    # look for it from here, not from wherever the batches left the cursor.
+    mark = talker.cursor
     line = "say " + "w" * 400
     for batch in range(100):  # up to 4 MB for the reader, far over its cap
         talker.send((line + "\r\n").encode() * 99 + f"say end of {batch}\r\n".encode())
@@ -141,6 +145,7 @@ def slow_reader(mud, talker, tag):
             break
     mud.wait_log(rf"\({reader.name}\): cannot send \(ENOBUFS\): dropping the connection")
     mud.wait_log(rf"'session [^']*' {reader.name} ended")
+    talker.cursor = mark
     talker.expect(rf"{reader.name} has lost the link")
     reader.sock.setblocking(True)
     while True:  # what was on its way still arrives; then the connection ends
