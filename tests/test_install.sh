@@ -60,10 +60,16 @@ check_program() {
     output=$(LD_LIBRARY_PATH=$libdir "$program") || fail "$program exited with $?"
     [[ $output == "samplex install ok" ]] || fail "$program printed '$output'"
     if [[ $shared == yes ]]; then
-        LD_LIBRARY_PATH=$libdir ldd "$program" | grep -q "$libdir/libsamplex.so" \
+        # Captured first: with pipefail, `ldd | grep -q` fails whenever grep's
+        # early exit kills ldd with SIGPIPE.
+        local linkage
+        linkage=$(LD_LIBRARY_PATH=$libdir ldd "$program")
+        grep -q "$libdir/libsamplex.so" <<<"$linkage" \
             || fail "$program does not use $libdir/libsamplex.so"
     else
-        ! ldd "$program" | grep -q libsamplex.so || fail "$program links libsamplex.so"
+        local linkage
+        linkage=$(ldd "$program")
+        ! grep -q libsamplex.so <<<"$linkage" || fail "$program links libsamplex.so"
     fi
     echo "ok: $(basename "$program")"
 }
