@@ -7,6 +7,7 @@
  * the caller. Each handler and cleanup is counted; each test ends with no
  * op left and a clean loop and registry.
  */
+#include <dirent.h>
 #include <fcntl.h>
 
 #include "net_support.h"
@@ -113,6 +114,69 @@ static void test_end_of_stream_after_a_burst(void **state)
     free(payload);
 }
 
+/* io-wq workers of this process asleep in a socket send. */
+static int workers_asleep_in_send(void)
+{
+    DIR *tasks = opendir("/proc/self/task");
+    assert_non_null(tasks);
+    int asleep = 0;
+    for (struct dirent *entry; (entry = readdir(tasks));) {
+        char path[300], comm[64] = "", wchan[128] = "";
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", entry->d_name);
+        FILE *file = fopen(path, "r");
+        if (!file)
+            continue;
+        bool worker = fgets(comm, sizeof(comm), file) && strncmp(comm, "iou-wrk", 7) == 0;
+        fclose(file);
+        snprintf(path, sizeof(path), "/proc/self/task/%s/wchan", entry->d_name);
+        if (!worker || !(file = fopen(path, "r")))
+            continue;
+        /* TCP sleeps for room in wait_woken (from sk_stream_wait_memory),
+         * a unix socket in sock_alloc_send_pskb. */
+        if (fgets(wchan, sizeof(wchan), file) &&
+            (strstr(wchan, "wait_woken") || strstr(wchan, "sk_stream_wait_memory") ||
+             strstr(wchan, "sock_alloc_send")))
+            asleep++;
+        fclose(file);
+    }
+    closedir(tasks);
+    return asleep;
+}
+
+/* A TCP peer that half-closes and reads nothing while we send: its end of
+ * stream keeps waking io_uring's poll for room until io_uring gives the
+ * send to an io-wq worker. That worker must not sleep in the send (it held
+ * a kernel thread per such peer and could escape cancellation); the bytes
+ * all arrive once the peer reads. */
+static void test_half_closed_peer_that_reads_nothing(void **state)
+{
+    Fixture *fixture = *state;
+    Pair pair;
+    pair_open(&pair, fixture->registry, fixture->loop);
+    assert_int_equal(shutdown(pair.peer, SHUT_WR), 0);
+    const size_t length = 16u << 20;
+    unsigned char *payload = net_payload(length);
+    Count write = {0};
+    assert_int_equal(plex_connection_set_write_cap(pair.conn, length), 0);
+    assert_int_equal(
+        plex_connection_write(pair.conn, counted_item(pair.flow, "write", &write), payload, length),
+        0);
+    run_until_stalled(fixture->loop, pair.conn);
+    for (int i = 0; i < 10; i++)
+        assert_true(plex_event_loop_run_once(fixture->loop, 20 * NET_MS) >= 0);
+    assert_int_equal(workers_asleep_in_send(), 0);
+    unsigned char *got = malloc(length);
+    assert_non_null(got);
+    assert_int_equal(raw_read_running(fixture->loop, pair.peer, got, length), length);
+    assert_memory_equal(got, payload, length);
+    NET_RUN_UNTIL(fixture->loop, write.last_calls == 1);
+    assert_int_equal(write.success, 1);
+    assert_int_equal(plex_destroy(pair.flow), 0);
+    close(pair.peer);
+    free(got);
+    free(payload);
+}
+
 static void test_flow_end_closes_the_socket(void **state)
 {
     Fixture *fixture = *state;
@@ -194,6 +258,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_socketpair_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_of_stream_after_a_burst, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_half_closed_peer_that_reads_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flow_end_closes_the_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_leave_the_fd, setup, teardown),
     };

@@ -103,8 +103,9 @@ PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t po
 /* Adopts `fd`, an open connected stream socket (TCP, or one end of a
  * socketpair), as a connection on `loop` owned by `plex`, in the state of an
  * accepted one: ready to read and write. The connection owns the socket from
- * then on and closes it. (On AF_UNIX, reads use one receive per chunk: a
- * multishot receive there can miss the end of stream on Linux 6.17+.) Returns NULL and sets errno, leaving `fd` to the
+ * then on and closes it; it is made non-blocking, like every connection's.
+ * (On AF_UNIX, reads use one receive per chunk: a multishot receive there
+ * can miss the end of stream on Linux 6.17+.) Returns NULL and sets errno, leaving `fd` to the
  * caller: EINVAL (NULL, negative fd), ENOTSOCK or EBADF (not a socket),
  * EPROTOTYPE (not a stream socket), ESTALE (flow ended), ESHUTDOWN (loop being
  * destroyed), EXDEV (the flow lives on another loop), ENOMEM. */

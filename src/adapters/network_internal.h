@@ -109,8 +109,10 @@ void net_flush_schedule(PlexConnection *conn);
 /* Resolves host:port (host NULL: "0.0.0.0"). 0, -EINVAL, -EHOSTUNREACH. */
 int net_resolve(const char *host, uint16_t port, bool passive, struct sockaddr_storage *address,
                 socklen_t *length);
-/* A TCP socket (close-on-exec) with TCP_NODELAY. fd or negative errno. */
-int net_socket(int family);
+/* A TCP socket (close-on-exec, plus `type_flags`: SOCK_NONBLOCK for a
+ * connection, see plex_connection_io.c) with TCP_NODELAY. fd or negative
+ * errno. */
+int net_socket(int family, int type_flags);
 
 /* ---- plex_connection.c: life cycle ------------------------------------- */
 

@@ -16,6 +16,7 @@
  *   closed, has no op and nothing holds it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -239,7 +240,7 @@ PlexConnection *plex_connection_create(Plex *plex, const char *host, uint16_t po
     }
     client->allocator = *plex_allocator(plex);
     int rc = net_resolve(host, port, false, &client->target, &client->target_length);
-    int fd = rc < 0 ? rc : net_socket(client->target.ss_family);
+    int fd = rc < 0 ? rc : net_socket(client->target.ss_family, SOCK_NONBLOCK);
     if (fd < 0) {
         plex_mem_free(plex_allocator(plex), client);
         errno = -fd;
@@ -265,7 +266,12 @@ static int check_stream_socket(int fd, bool *unix_socket)
     if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) < 0)
         return -errno;
     *unix_socket = domain == AF_UNIX;
-    return type == SOCK_STREAM ? 0 : -EPROTOTYPE;
+    if (type != SOCK_STREAM)
+        return -EPROTOTYPE;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
+        return -errno; /* non-blocking like every connection: see plex_connection_io.c */
+    return 0;
 }
 
 PlexConnection *plex_connection_create_from_fd(Plex *plex, PlexEventLoop *loop, int fd)

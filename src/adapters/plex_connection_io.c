@@ -17,8 +17,17 @@
  *   stream offset their last byte reaches; each succeeds when bytes_sent
  *   passes it. While output is queued, a send op exists: scheduled for the
  *   flush (which prepares one send for all that the iteration wrote), armed
- *   in the kernel, or being completed. When the connection stops sending
- *   (error, abort) the remaining writes fail and the output is dropped.
+ *   in the kernel (a send, or a backoff timeout), or being completed. When
+ *   the connection stops sending (error, abort) the remaining writes fail
+ *   and the output is dropped.
+ * - Connection sockets are non-blocking, so no kernel worker ever blocks on
+ *   one: io_uring waits for room by polling, but a peer that half-closed
+ *   keeps waking that poll (POLLRDHUP cannot be masked) with no room, and
+ *   after 128 such wake-ups io_uring hands the send to an io-wq worker,
+ *   which on a blocking socket would sleep until the peer reads, holding a
+ *   kernel thread and escaping cancellation (a loop's destroy then waited
+ *   forever). On a non-blocking socket that send ends with -EAGAIN instead,
+ *   and we try again after a backoff (10 ms, doubling up to 1 s).
  */
 #include <errno.h>
 #include <limits.h>
@@ -125,8 +134,8 @@ static int read_outcome(const PlexConnection *conn, const PlexOp *op, int res)
         return -ECANCELED;
     if (res == 0)
         return PLEX_EEOF;
-    if (res > 0 || res == -ENOBUFS)
-        return 0;
+    if (res > 0 || res == -ENOBUFS || res == -EAGAIN)
+        return 0; /* -EAGAIN: io_uring gave up polling (see the invariants) */
     return res;
 }
 
@@ -328,15 +337,55 @@ void conn_send_flush(PlexConnection *conn)
     conn_unhold(conn);
 }
 
+#define SEND_BACKOFF_FIRST_MS 10u
+#define SEND_BACKOFF_MAX_MS 1000u
+#define SEND_TAG_BACKOFF 0x80000000u /* op->tag: a backoff timeout; low bits: its ms */
+
+/* The kernel gave up waiting for room (see the invariants): arm a timeout
+ * with the send op, after which the send is tried again. False when the
+ * connection no longer sends (or the ring is broken). */
+static bool send_backoff(PlexConnection *conn, PlexOp *op)
+{
+    uint32_t last_ms = op->tag & ~SEND_TAG_BACKOFF;
+    uint32_t delay_ms = last_ms ? last_ms * 2 : SEND_BACKOFF_FIRST_MS;
+    if (delay_ms > SEND_BACKOFF_MAX_MS)
+        delay_ms = SEND_BACKOFF_MAX_MS;
+    struct io_uring_sqe *sqe = send_continues(conn) ? plex_loop_sqe(conn->loop, op) : NULL;
+    if (!sqe)
+        return false;
+    op->storage.timespec = (struct __kernel_timespec){
+        .tv_sec = delay_ms / 1000, .tv_nsec = (long long)(delay_ms % 1000) * 1000000};
+    io_uring_prep_timeout(sqe, &op->storage.timespec, 0, 0);
+    op->tag = SEND_TAG_BACKOFF | delay_ms;
+    conn->flags |= CONN_SEND_ARMED;
+    return true;
+}
+
 static void send_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
 {
     (void)loop;
     PlexConnection *conn = op->owner;
     conn_hold(conn);
     conn->flags &= (uint8_t)~CONN_SEND_ARMED;
-    if (cqe->res > 0)
+    if (op->tag & SEND_TAG_BACKOFF) {
+        /* The pause is over (-ETIME) or was cancelled (an abort: the state
+         * says so): send again, or stop. */
+        op->tag &= ~SEND_TAG_BACKOFF;
+        if (send_continues(conn))
+            net_flush_schedule(conn);
+        else
+            send_finish(conn);
+        conn_unhold(conn);
+        return;
+    }
+    if (cqe->res == -EAGAIN && send_backoff(conn, op)) {
+        conn_unhold(conn);
+        return;
+    }
+    if (cqe->res > 0) {
+        op->tag = 0; /* room again: the next backoff starts short */
         output_consume(conn, (size_t)cqe->res);
-    else if (!conn->error)
+    } else if (!conn->error)
         conn->error = cqe->res < 0 ? cqe->res : -EPIPE; /* 0 bytes, or the NOP of an abort */
     writes_succeed(conn);
     /* The rest leaves at the flush, with whatever handlers write meanwhile. */

@@ -73,9 +73,9 @@ static int accept_arm(PlexListener *listener)
     if (!sqe)
         return -EBUSY;
     if (listener->loop->has_accept_multishot)
-        io_uring_prep_multishot_accept(sqe, listener->fd, NULL, NULL, SOCK_CLOEXEC);
+        io_uring_prep_multishot_accept(sqe, listener->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     else
-        io_uring_prep_accept(sqe, listener->fd, NULL, NULL, SOCK_CLOEXEC);
+        io_uring_prep_accept(sqe, listener->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     listener->flags |= LISTENER_ACCEPT_ARMED;
     return 0;
 }
@@ -234,7 +234,7 @@ static int listener_socket(const char *host, uint16_t port, const PlexListenerOp
     struct sockaddr_storage address;
     socklen_t length;
     int rc = net_resolve(host, port, true, &address, &length);
-    int fd = rc < 0 ? rc : net_socket(address.ss_family);
+    int fd = rc < 0 ? rc : net_socket(address.ss_family, 0);
     if (fd < 0)
         return fd;
     int one = 1;

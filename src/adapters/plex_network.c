@@ -224,11 +224,9 @@ int net_resolve(const char *host, uint16_t port, bool passive, struct sockaddr_s
     return 0;
 }
 
-int net_socket(int family)
+int net_socket(int family, int type_flags)
 {
-    /* Blocking on purpose: io_uring polls for readiness itself, while a
-     * non-blocking socket would hand -EAGAIN back to us. */
-    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | type_flags, IPPROTO_TCP);
     if (fd < 0)
         return -errno;
     int one = 1;
