@@ -177,6 +177,37 @@ static void test_half_closed_peer_that_reads_nothing(void **state)
     free(payload);
 }
 
+/* A TCP peer with our bytes unread sends a burst of many receive buffers
+ * and closes (a reset) before the loop reads any of it: every byte arrives,
+ * then the read ends. (After a long multishot run the kernel could miss
+ * the reset's wake-up and the read never ended; found by
+ * fuzz_connection_io.) */
+static void test_reset_after_a_burst(void **state)
+{
+    Fixture *fixture = *state;
+    PlexEventLoopConfig config = {.buffer_size = 512};
+    PlexEventLoop *loop = plex_event_loop_create_with(fixture->registry, &config);
+    assert_non_null(loop);
+    Pair pair;
+    pair_open(&pair, fixture->registry, loop);
+    Count write = {0}, read = {0};
+    assert_int_equal(
+        plex_connection_write(pair.conn, counted_item(pair.flow, "write", &write), "abc", 3), 0);
+    NET_RUN_UNTIL(loop, write.last_calls == 1);
+    const size_t length = 64u << 10; /* 128 receive buffers */
+    unsigned char *payload = net_payload(length);
+    assert_int_equal(send(pair.peer, payload, length, MSG_NOSIGNAL), (ssize_t)length);
+    close(pair.peer); /* "abc" unread: a reset */
+    assert_int_equal(plex_connection_read(pair.conn, counted_item(pair.flow, "read", &read)), 0);
+    NET_RUN_UNTIL(loop, read.last_calls == 1);
+    assert_int_equal(read.bytes, length);
+    assert_true(read.result == -ECONNRESET || read.result == PLEX_EEOF);
+    assert_int_equal(plex_destroy(pair.flow), 0);
+    NET_RUN_UNTIL(loop, net_ops_in_use(loop) == fixture->ops_before);
+    plex_event_loop_destroy(loop);
+    free(payload);
+}
+
 static void test_flow_end_closes_the_socket(void **state)
 {
     Fixture *fixture = *state;
@@ -259,6 +290,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_socketpair_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_of_stream_after_a_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_half_closed_peer_that_reads_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_after_a_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flow_end_closes_the_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_leave_the_fd, setup, teardown),
     };

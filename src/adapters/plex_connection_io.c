@@ -139,6 +139,32 @@ static int read_outcome(const PlexConnection *conn, const PlexOp *op, int res)
     return res;
 }
 
+#define READ_RESTART_RUN 32u          /* io_uring's MULTISHOT_MAX_RETRY */
+#define READ_TAG_RESTART 0x80000000u /* op->tag: cancelled to be armed afresh */
+
+/* A multishot receive that read READ_RESTART_RUN buffers in a row (each
+ * completion saying more was waiting) has been requeued by io_uring, and
+ * from Linux 6.17 may then miss the wake-up of an end of stream or reset
+ * that came before its last bytes were read: it never completes again
+ * ("io_uring/poll: fix multishot recv missing EOF on wakeup race", 2026;
+ * seen with a TCP reset after a burst). op->tag counts the run; when a long
+ * run ends, the receive is cancelled and armed afresh, and a fresh receive
+ * sees the socket as it is. */
+static void read_watch_run(PlexConnection *conn, PlexOp *op, uint32_t cqe_flags)
+{
+    uint32_t run = op->tag & ~READ_TAG_RESTART;
+    if (cqe_flags & IORING_CQE_F_SOCK_NONEMPTY) {
+        if (run < READ_RESTART_RUN)
+            op->tag++;
+        return;
+    }
+    op->tag &= READ_TAG_RESTART;
+    if (run >= READ_RESTART_RUN && !op->tag && !(conn->flags & CONN_READ_STOP)) {
+        op->tag = READ_TAG_RESTART;
+        plex_loop_cancel(conn->loop, op);
+    }
+}
+
 static void read_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring_cqe *cqe)
 {
     PlexConnection *conn = op->owner;
@@ -149,13 +175,19 @@ static void read_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring
         /* Still armed; a flow that ended meanwhile stops reading. */
         if (!plex_is_alive(plex_item_plex(op->item)))
             conn_read_cancel(conn);
+        else
+            read_watch_run(conn, op, cqe->flags);
         conn_unhold(conn);
         return;
     }
     conn->flags &= (uint8_t)~CONN_READ_ARMED;
-    int outcome = read_outcome(conn, op, cqe->res);
-    if (outcome == 0)
+    bool restart = (op->tag & READ_TAG_RESTART) && cqe->res == -ECANCELED;
+    op->tag = 0;
+    int outcome = read_outcome(conn, op, restart ? -ENOBUFS : cqe->res);
+    if (outcome == 0) {
+        op->flags &= ~PLEX_OP_CANCELLING; /* armed again: a later stop cancels anew */
         outcome = read_arm(conn, op);
+    }
     if (outcome != 0) {
         conn->read_op = NULL;
         conn->flags &= (uint8_t)~CONN_READ_STOP;
