@@ -14,8 +14,10 @@
 
 # Everything the build, the tests and the demo need (Debian 12 names).
 # shellcheck disable=SC2034 # used by the scripts that source this file
-SAMPLEX_PACKAGES=(build-essential cmake pkg-config clang liburing-dev libpq-dev postgresql
-                  libcmocka-dev libuv1-dev libtelnet-dev gnuplot-nox telnet valgrind python3)
+# libclang-rt-14-dev: clang's sanitizer and libFuzzer runtimes (only recommended by clang).
+SAMPLEX_PACKAGES=(build-essential cmake pkg-config clang libclang-rt-14-dev liburing-dev libpq-dev
+                  postgresql libcmocka-dev libuv1-dev libtelnet-dev gnuplot-nox telnet valgrind
+                  python3)
 SAMPLEX_PG_BIN=${SAMPLEX_PG_BIN:-/usr/lib/postgresql/15/bin}
 SAMPLEX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -50,14 +52,16 @@ install_packages() {
 
 # ---- Build ------------------------------------------------------------------
 
-# configure_and_build BUILD_DIR [cmake args...]: configures (once) and builds.
+# configure_and_build BUILD_DIR [cmake args...]: configures (once) and builds
+# everything, or only the targets listed in SAMPLEX_BUILD_TARGETS.
 configure_and_build() {
-    local build_dir=$1
+    local build_dir=$1 targets=()
     shift
     mkdir -p "$build_dir"
     cmake -S "$SAMPLEX_ROOT" -B "$build_dir" -DSAMPLEX_WERROR=ON "$@" >"$build_dir/samplex-configure.log" 2>&1 \
         || { cat "$build_dir/samplex-configure.log" >&2; return 1; }
-    cmake --build "$build_dir" -j"$(nproc)"
+    read -r -a targets <<<"${SAMPLEX_BUILD_TARGETS:-}"
+    cmake --build "$build_dir" -j"$(nproc)" ${targets[@]+--target "${targets[@]}"}
 }
 
 # ---- Private PostgreSQL -------------------------------------------------------
