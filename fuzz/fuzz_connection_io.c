@@ -441,10 +441,19 @@ static void peer_write(Harness *h, size_t length)
         bytes[i] = peer_pattern(h->peer_sent + i);
     ssize_t sent = send(h->peer, bytes, length, MSG_DONTWAIT | MSG_NOSIGNAL);
     free(bytes);
-    if (sent > 0)
+    if (sent > 0) {
         h->peer_sent += (size_t)sent;
-    else
-        CHECK(errno == EAGAIN || errno == EPIPE || errno == ECONNRESET);
+        return;
+    }
+    CHECK(errno == EAGAIN || errno == EPIPE || errno == ECONNRESET);
+    if (errno == ECONNRESET) {
+        /* The engine's side closed with bytes unread and TCP reset the
+         * connection; this send took the error, so a later recv sees only
+         * the end of the stream. */
+        CHECK(h->tcp);
+        CHECK(h->state != STATE_OPEN || h->flow_ending || h->flow == NULL);
+        h->peer_reset = true;
+    }
 }
 
 /* Reads up to `length` bytes; false when nothing more can come now. */

@@ -170,8 +170,12 @@ int plex_connection_write(PlexConnection *conn, PlexItem *item, const void *data
 /* Closes gracefully: stops the read (-ECANCELED), sends what is queued, then
  * shuts down the sending side and closes the socket (IORING_OP_SHUTDOWN and
  * IORING_OP_CLOSE). item (NULL: nobody is told) gets on_success (result 0)
- * once the socket is closed. A connection that never reached a loop (a
- * client never connected) is closed at once; item must then be NULL.
+ * once the socket is closed. TCP's own rule still applies: if the peer sent
+ * bytes that were never read, closing makes the kernel reset the connection
+ * and drop what the peer has not received yet; read to the end of the
+ * stream first when every byte must arrive. A connection that never reached
+ * a loop (a client never connected) is closed at once; item must then be
+ * NULL.
  * The connection stays allocated until destroyed or its flow ends.
  * Returns 0, -EINVAL, -EALREADY (closing or closed), -ENOTCONN (no loop and
  * item given), -EXDEV, -ESTALE, -ENOMEM. */
