@@ -522,6 +522,15 @@ static bool pg_input_pending(PlexPostgres *pg)
            !PQisBusy(pg->conn);
 }
 
+/* Pipeline mode: queries not yet followed by a Sync wait for the one the
+ * loop's flush hook adds before it enters the kernel (pg_flush), and go out
+ * with it in one send(). Flushing them here would cost a second send() per
+ * batch. */
+static bool pg_sync_coming(const PlexPostgres *pg)
+{
+    return pg->pipeline && pg->unsynced > 0 && !plex_link_empty(&pg->dirty_link);
+}
+
 void pg_process(PlexPostgres *pg)
 {
     pg_ref(pg);
@@ -535,13 +544,15 @@ void pg_process(PlexPostgres *pg)
             break;
         /* PQflush may read too (to avoid a deadlock with the server), so
          * look at the input again afterwards. */
-        int rc = PQflush(pg->conn);
-        if (rc < 0) {
-            pg_save_conn_error(pg, "could not send data to the server");
-            pg_break(pg, NULL, PLEX_EPGBROKEN);
-            break;
+        if (!pg_sync_coming(pg)) {
+            int rc = PQflush(pg->conn);
+            if (rc < 0) {
+                pg_save_conn_error(pg, "could not send data to the server");
+                pg_break(pg, NULL, PLEX_EPGBROKEN);
+                break;
+            }
+            pg->want_write = rc == 1;
         }
-        pg->want_write = rc == 1;
         if (!pg_input_pending(pg))
             break;
     }
