@@ -43,17 +43,7 @@
 
 #include <samplex/samplex.h>
 
-#define CHECK(condition)                                  \
-    do {                                                  \
-        if (!(condition))                                 \
-            check_failed(__FILE__, __LINE__, #condition); \
-    } while (0)
-
-static void check_failed(const char *file, int line, const char *expression)
-{
-    fprintf(stderr, "%s:%d: invariant broken: %s\n", file, line, expression);
-    abort();
-}
+#include "fuzz_check.h"
 
 #define MAX_OUT_BYTES ((size_t)4 << 20) /* accepted output kept for checking */
 #define MAX_WRITES 4096                 /* writes with an item in one script */

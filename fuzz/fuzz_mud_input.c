@@ -29,17 +29,7 @@
 
 #include "mud.h"
 
-#define CHECK(condition)                                  \
-    do {                                                  \
-        if (!(condition))                                 \
-            check_failed(__FILE__, __LINE__, #condition); \
-    } while (0)
-
-static void check_failed(const char *file, int line, const char *expression)
-{
-    fprintf(stderr, "%s:%d: invariant broken: %s\n", file, line, expression);
-    abort();
-}
+#include "fuzz_check.h"
 
 /* telnet_io.c logs libtelnet's warnings; format them, print nothing. */
 void mud_log(const char *format, ...)

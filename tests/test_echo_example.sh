@@ -12,26 +12,12 @@ echo_bin=$bin_dir/samplex-echo
 [[ -x $echo_bin ]] || { echo "SKIP: $echo_bin not built"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 missing"; exit 77; }
 
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-    [[ -n $server_pid ]] && kill -KILL "$server_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/echo_server.sh
+source "$(dirname "${BASH_SOURCE[0]}")/echo_server.sh"
 
 run_case() {
     local threads=$1
-    "$echo_bin" --port 0 --host 127.0.0.1 --threads "$threads" >"$work/out" 2>"$work/err" &
-    server_pid=$!
-    local port=
-    for _ in $(seq 100); do
-        port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/out")
-        [[ -n $port ]] && break
-        kill -0 "$server_pid" 2>/dev/null || { cat "$work/err"; echo "FAIL: exited early"; exit 1; }
-        sleep 0.05
-    done
-    [[ -n $port ]] || { echo "FAIL: no 'listening on' line"; exit 1; }
+    echo_start "$work/out" "$work/err" 100 "$echo_bin" --port 0 --host 127.0.0.1 --threads "$threads"
 
     python3 - "$port" "$server_pid" <<'PY'
 import os, signal, socket, sys, threading, time

@@ -40,13 +40,8 @@ for binary in "$echo_bin" "$timers_bin"; do
     fi
 done
 
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-    [[ -n $server_pid ]] && kill -KILL "$server_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/echo_server.sh
+source "$(dirname "${BASH_SOURCE[0]}")/echo_server.sh"
 
 valgrind=(valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99)
 
@@ -71,17 +66,8 @@ wait_exit() {
 }
 
 echo_case() {
-    "${valgrind[@]}" --log-file="$work/echo.vg" "$echo_bin" --port 0 --host 127.0.0.1 \
-        >"$work/echo.out" 2>"$work/echo.err" &
-    server_pid=$!
-    local port=
-    for _ in $(seq 600); do
-        port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/echo.out")
-        [[ -n $port ]] && break
-        kill -0 "$server_pid" 2>/dev/null || { cat "$work/echo.err" "$work/echo.vg"; echo "FAIL: echo exited early"; exit 1; }
-        sleep 0.05
-    done
-    [[ -n $port ]] || { echo "FAIL: no 'listening on' line from samplex-echo"; exit 1; }
+    echo_start "$work/echo.out" "$work/echo.err" 600 "${valgrind[@]}" --log-file="$work/echo.vg" \
+        "$echo_bin" --port 0 --host 127.0.0.1
 
     python3 - "$port" "$server_pid" <<'PY'
 import os, signal, socket, sys, threading, time
