@@ -3,7 +3,7 @@
  * bench-pg: `SELECT 1` queries per second through samplex's async Postgres.
  *
  *   bench-pg [--conninfo STR] [--connections N] [--pipeline DEPTH]
- *            [--pool-flows F] [--warmup S] [--duration S]
+ *            [--pool-flows F] [--threads T] [--warmup S] [--duration S]
  *
  * Connection mode (the default): N connections, each owned by its own flow.
  * The statement "SELECT 1" is prepared once per connection
@@ -21,17 +21,24 @@
  * no parameters), which libpq sends as Parse + Bind + Describe + Execute of
  * the unnamed statement.
  *
+ * Threads (--threads T, default 1): T event loops, one per thread, as a
+ * samplex server uses several cores; the connections (and the pool's
+ * flows) are shared out between them, each loop driving its own.
+ *
  * After --warmup seconds a window of --duration seconds is measured: the
- * queries whose handler ran inside it and the process's own CPU time
- * (getrusage: samplex + libpq, user + system) over it, both read at the two
- * edges of the window by a timer handler. Every result is checked (one
- * row); any error stops the run with exit status 1. One line "result
- * key=value ..." goes to stdout; total_queries counts every query of the
- * run (warm-up and drain too), for figures taken over the whole process.
+ * queries whose handler ran inside it and the loop thread's own CPU time
+ * (getrusage RUSAGE_THREAD: samplex + libpq, user + system) over it, both
+ * read at the two edges of the window by a timer handler of that loop. The
+ * figures of the T loops are summed (their windows open and close together
+ * within a few milliseconds). Every result is checked (one row); any error
+ * stops the run with exit status 1. One line "result key=value ..." goes to
+ * stdout; total_queries counts every query of the run (warm-up and drain
+ * too), for figures taken over the whole process.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,6 +55,7 @@
 #define SETUP_TIMEOUT_NS (15 * 1000000000LL)
 #define DRAIN_TIMEOUT_NS (10 * 1000000000LL)
 #define MAX_CONNECTIONS 64u
+#define MAX_THREADS 16u
 
 typedef struct Options {
     const char *conninfo; /* libpq conninfo; "" = PG* environment */
@@ -55,6 +63,7 @@ typedef struct Options {
     unsigned depth;       /* queries in flight per connection; > 1 only pipelined */
     bool pipeline;        /* connection mode: pipeline mode on */
     unsigned pool_flows;  /* 0: connection mode; else flows over the pool */
+    unsigned threads;     /* event loops, one per thread */
     double warmup_s;      /* before the window */
     double duration_s;    /* the window */
 } Options;
@@ -108,7 +117,7 @@ static void snapshot_take(const Bench *bench, Snapshot *snapshot)
 {
     struct rusage usage;
     PlexEventLoopStats stats = {0};
-    getrusage(RUSAGE_SELF, &usage);
+    getrusage(RUSAGE_THREAD, &usage);
     plex_event_loop_stats(bench->loop, &stats);
     snapshot->ns = plex_now_ns();
     snapshot->queries = bench->completed;
@@ -341,22 +350,35 @@ static int bench_run(Bench *bench)
     return 0;
 }
 
-static void report(const Bench *bench)
+/* One line for the T loops: their windows' figures summed. */
+static void report(Bench *const *benches, unsigned count)
 {
-    const Options *options = &bench->options;
-    const Snapshot *a = &bench->start, *b = &bench->end;
-    double seconds = (double)(b->ns - a->ns) / 1e9;
-    uint64_t queries = b->queries - a->queries;
-    double cpu_s = (b->user_s - a->user_s) + (b->system_s - a->system_s);
-    uint64_t iterations = b->iterations - a->iterations;
+    const Options *options = &benches[0]->options;
+    uint64_t queries = 0, iterations = 0, total = 0;
+    double qps = 0, seconds = 0, user_s = 0, system_s = 0;
+    unsigned connections = 0, flows = 0;
+    for (unsigned i = 0; i < count; i++) {
+        const Bench *bench = benches[i];
+        const Snapshot *a = &bench->start, *b = &bench->end;
+        double window_s = (double)(b->ns - a->ns) / 1e9;
+        queries += b->queries - a->queries;
+        qps += window_s > 0 ? (double)(b->queries - a->queries) / window_s : 0.0;
+        seconds = window_s > seconds ? window_s : seconds;
+        user_s += b->user_s - a->user_s;
+        system_s += b->system_s - a->system_s;
+        iterations += b->iterations - a->iterations;
+        total += bench->completed;
+        connections += bench->options.connections;
+        flows += bench->options.pool_flows;
+    }
+    double cpu_s = user_s + system_s;
     const char *mode = options->pool_flows ? "pool" : options->pipeline ? "pipeline" : "single";
-    printf("result mode=%s connections=%u depth=%u flows=%u queries=%" PRIu64
+    printf("result mode=%s connections=%u depth=%u flows=%u threads=%u queries=%" PRIu64
            " seconds=%.3f qps=%.0f cpu_s=%.3f user_s=%.3f system_s=%.3f cpu_us_per_query=%.3f"
            " iterations=%" PRIu64 " queries_per_iteration=%.1f total_queries=%" PRIu64 "\n",
-           mode, options->connections, options->depth, options->pool_flows, queries, seconds,
-           seconds > 0 ? (double)queries / seconds : 0.0, cpu_s, b->user_s - a->user_s,
-           b->system_s - a->system_s, queries ? cpu_s * 1e6 / (double)queries : 0.0, iterations,
-           iterations ? (double)queries / (double)iterations : 0.0, bench->completed);
+           mode, connections, options->depth, flows, count, queries, seconds, qps, cpu_s, user_s,
+           system_s, queries ? cpu_s * 1e6 / (double)queries : 0.0, iterations,
+           iterations ? (double)queries / (double)iterations : 0.0, total);
 }
 
 /* ---- Options --------------------------------------------------------------- */
@@ -365,11 +387,12 @@ static void usage(const char *program)
 {
     fprintf(stderr,
             "usage: %s [--conninfo STR] [--connections N] [--pipeline DEPTH]\n"
-            "          [--pool-flows F] [--warmup S] [--duration S]\n"
+            "          [--pool-flows F] [--threads T] [--warmup S] [--duration S]\n"
             "  --conninfo     libpq connection string (default \"\": PG* environment)\n"
             "  --connections  connections, or pool size with --pool-flows (1..%u, default 1)\n"
             "  --pipeline     pipeline mode, DEPTH queries in flight per connection\n"
             "  --pool-flows   F flows, one query in flight each, over a pipelined pool\n"
+            "  --threads      event loops, one per thread, sharing the connections (default 1)\n"
             "  --warmup       seconds before the measured window (default 1)\n"
             "  --duration     seconds measured (default 5)\n",
             program, MAX_CONNECTIONS);
@@ -397,12 +420,13 @@ static double parse_seconds(const char *text, const char *program)
 static Options options_parse(int argc, char **argv)
 {
     Options options = {
-        .conninfo = "", .connections = 1, .depth = 1, .warmup_s = 1, .duration_s = 5};
+        .conninfo = "", .connections = 1, .depth = 1, .threads = 1, .warmup_s = 1, .duration_s = 5};
     static const struct option longs[] = {
         {"conninfo", required_argument, NULL, 'c'},
         {"connections", required_argument, NULL, 'n'},
         {"pipeline", required_argument, NULL, 'p'},
         {"pool-flows", required_argument, NULL, 'f'},
+        {"threads", required_argument, NULL, 't'},
         {"warmup", required_argument, NULL, 'w'},
         {"duration", required_argument, NULL, 'd'},
         {NULL, 0, NULL, 0},
@@ -423,6 +447,9 @@ static Options options_parse(int argc, char **argv)
         case 'f':
             options.pool_flows = parse_count(optarg, argv[0]);
             break;
+        case 't':
+            options.threads = parse_count(optarg, argv[0]);
+            break;
         case 'w':
             options.warmup_s = parse_seconds(optarg, argv[0]);
             break;
@@ -434,38 +461,71 @@ static Options options_parse(int argc, char **argv)
         }
     }
     if (optind != argc || options.connections > MAX_CONNECTIONS ||
-        (options.pool_flows && options.pipeline))
+        (options.pool_flows && options.pipeline) || options.threads > MAX_THREADS ||
+        options.threads > options.connections ||
+        (options.pool_flows && options.threads > options.pool_flows))
         usage(argv[0]);
     return options;
 }
 
-int main(int argc, char **argv)
+/* One loop's run, in a thread of its own. */
+static void *bench_thread(void *argument)
 {
-    Bench *bench = calloc(1, sizeof(*bench));
-    if (!bench)
-        return 1;
-    bench->options = options_parse(argc, argv);
+    Bench *bench = argument;
     bench->registry = plex_registry_create();
     bench->loop = bench->registry ? plex_event_loop_create(bench->registry) : NULL;
     bench->owner = bench->loop ? plex_create(bench->registry, "bench") : NULL;
-    if (!bench->owner) {
-        fprintf(stderr, "bench-pg: set-up: %s\n", strerror(errno));
-        return 1;
-    }
-    int rc = bench_run(bench);
+    int rc = bench->owner ? bench_run(bench) : -errno;
     if (rc < 0 && !bench->error)
         bench_fail(bench, rc, "set-up", NULL);
     if (!bench->error && bench->edges < 2)
         bench_fail(bench, -EPROTO, "the measured window did not close", NULL);
-    int status = 0;
-    if (bench->error) {
-        fprintf(stderr, "bench-pg: %s\n", bench->message);
-        status = 1;
-    } else {
-        report(bench);
-    }
     plex_event_loop_destroy(bench->loop);
     plex_registry_destroy(bench->registry);
-    free(bench);
+    return NULL;
+}
+
+/* Loop i's share of `total` (the first ones take the remainder). */
+static unsigned share_of(unsigned total, unsigned count, unsigned i)
+{
+    return total / count + (i < total % count ? 1 : 0);
+}
+
+int main(int argc, char **argv)
+{
+    Options options = options_parse(argc, argv);
+    Bench *benches[MAX_THREADS] = {0};
+    pthread_t threads[MAX_THREADS];
+    unsigned started = 0;
+    int status = 0;
+    for (unsigned i = 0; i < options.threads; i++) {
+        benches[i] = calloc(1, sizeof(*benches[i]));
+        if (!benches[i]) {
+            fprintf(stderr, "bench-pg: out of memory\n");
+            return 1;
+        }
+        benches[i]->options = options;
+        benches[i]->options.connections = share_of(options.connections, options.threads, i);
+        benches[i]->options.pool_flows = share_of(options.pool_flows, options.threads, i);
+    }
+    for (; started < options.threads; started++) {
+        int rc = pthread_create(&threads[started], NULL, bench_thread, benches[started]);
+        if (rc != 0) {
+            fprintf(stderr, "bench-pg: starting a loop thread: %s\n", strerror(rc));
+            status = 1;
+            break;
+        }
+    }
+    for (unsigned i = 0; i < started; i++) {
+        pthread_join(threads[i], NULL);
+        if (benches[i]->error) {
+            fprintf(stderr, "bench-pg: loop %u: %s\n", i, benches[i]->message);
+            status = 1;
+        }
+    }
+    if (status == 0)
+        report(benches, options.threads);
+    for (unsigned i = 0; i < options.threads; i++)
+        free(benches[i]);
     return status;
 }

@@ -10,19 +10,20 @@
 # pgbench has none), DURATION (4 s), DEPTH (100), FLOWS (1000), POOL (8),
 # QUIET_MAX (3 s: how long to wait for other work to stop before each
 # measurement), OTHER_MAX (25: a measurement where other work took more
-# than this % of the machine is repeated, twice at most), BUDGET (150 s: no
+# than this % of the machine is repeated, twice at most), BUDGET (240 s: no
 # repeats and no waiting for quiet after that; the whole run takes about
-# 2.5 minutes on a quiet machine, under 4.5 on a busy one), OUT (bench/pg/results.md), PGBENCH
+# 4 minutes on a quiet machine, under 6 on a busy one), OUT (bench/pg/results.md), PGBENCH
 # (/usr/lib/postgresql/15/bin/pgbench), BENCH_COMMIT (what the report names
 # as the build's commit; default HEAD).
 #
-# Rows: 1 connection, 8 connections (one query in flight per connection,
-# the next sent when the previous one's result is in: pgbench's closed loop),
-# the same pipelined at depth DEPTH, and FLOWS flows over a pipelined pool of
-# POOL connections, compared with pgbench on POOL connections unpipelined.
-# One more pgbench measurement per round, for reference: POOL connections
-# driven by one pgbench thread (-j 1), as bench-pg drives them from one loop.
-# pgbench runs `-n -M prepared -j C -c C -T DURATION` with select1.sql
+# Rows: 1 connection; POOL connections (one query in flight per connection,
+# the next sent when the previous one's result is in: pgbench's closed loop)
+# driven by a thread per connection (pgbench -j POOL, bench-pg --threads
+# POOL: a loop per thread) and by one thread (-j 1, one loop); the same
+# pipelined at depth DEPTH; and FLOWS flows over a pipelined pool of POOL
+# connections in one loop, compared with pgbench on POOL connections
+# unpipelined with a thread each.
+# pgbench runs `-n -M prepared -j T -c C -T DURATION` with select1.sql
 # (`SELECT 1;`) or a pipeline script (\startpipeline, DEPTH x `SELECT 1;`,
 # \endpipeline: queries = transactions x DEPTH).
 #
@@ -45,7 +46,7 @@ FLOWS=${FLOWS:-1000}
 POOL=${POOL:-8}
 QUIET_MAX=${QUIET_MAX:-3}
 OTHER_MAX=${OTHER_MAX:-25}
-BUDGET=${BUDGET:-150}
+BUDGET=${BUDGET:-240}
 OUT=${OUT:-bench/pg/results.md}
 PGBENCH=${PGBENCH:-/usr/lib/postgresql/15/bin/pgbench}
 
@@ -227,24 +228,29 @@ measure() {
 
 # ---- The rows ------------------------------------------------------------------
 
+# ROW_THREADS: pgbench's -j, and bench-pg's --threads (loops) where the
+# row compares like with like; the pool row runs one loop against pgbench's
+# best unpipelined configuration.
 ROW_NAMES=(
     "1 connection"
-    "$POOL connections"
+    "$POOL connections, a thread per connection"
+    "$POOL connections, one thread"
     "1 connection, pipelined (depth $DEPTH)"
-    "$POOL connections, pipelined (depth $DEPTH)"
-    "$FLOWS flows over $POOL pooled connections"
-    "$POOL connections, pgbench with one thread (-j 1), for reference"
+    "$POOL connections, pipelined (depth $DEPTH), a thread per connection"
+    "$POOL connections, pipelined (depth $DEPTH), one thread"
+    "$FLOWS flows over $POOL pooled connections, one thread"
 )
-ROW_CONNECTIONS=(1 "$POOL" 1 "$POOL" "$POOL" "$POOL")
-ROW_THREADS=(1 "$POOL" 1 "$POOL" "$POOL" 1)
-ROW_SCRIPT=(select1 select1 pipeline pipeline select1 select1)
+ROW_CONNECTIONS=(1 "$POOL" "$POOL" 1 "$POOL" "$POOL" "$POOL")
+ROW_THREADS=(1 "$POOL" 1 1 "$POOL" 1 "$POOL")
+ROW_SCRIPT=(select1 select1 select1 pipeline pipeline pipeline select1)
 ROW_SAMPLEX=(
     "--connections 1"
+    "--connections $POOL --threads $POOL"
     "--connections $POOL"
     "--connections 1 --pipeline $DEPTH"
+    "--connections $POOL --pipeline $DEPTH --threads $POOL"
     "--connections $POOL --pipeline $DEPTH"
     "--connections $POOL --pool-flows $FLOWS"
-    ""
 )
 
 wait_for_quiet
@@ -271,7 +277,6 @@ for round in $(seq "$ROUNDS"); do
         [[ $script == pipeline ]] && per_transaction=$DEPTH
         tools=(pgbench samplex)
         ((round % 2 == 0)) && tools=(samplex pgbench)
-        [[ -n ${ROW_SAMPLEX[$row]} ]] || tools=(pgbench)
         for tool in "${tools[@]}"; do
             if [[ $tool == pgbench ]]; then
                 measure "$round" "$row" pgbench "$PGBENCH" -n -M prepared -f "$WORK/$script.sql" \
