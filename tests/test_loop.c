@@ -342,6 +342,42 @@ static void test_operation_completes_once(void **state)
     close(pipe_fds[1]);
 }
 
+/* Item timing inside a loop reads the clock once per wake-up: two steps
+ * whose operations complete in the same wake-up stop at the same time, and
+ * a run still measures the real wait (started outside the loop, where the
+ * clock is read per call). */
+static void test_item_timing_one_clock_per_wakeup(void **state)
+{
+    Fixture *fixture = *state;
+    int first_fds[2], second_fds[2];
+    assert_int_equal(pipe(first_fds), 0);
+    assert_int_equal(pipe(second_fds), 0);
+    PlexItem *first = plex_item_create(fixture->plex, "first", on_poll_success, on_poll_error,
+                                       on_cleanup, NULL);
+    PlexItem *second = plex_item_create(fixture->plex, "second", on_poll_success, on_poll_error,
+                                        on_cleanup, NULL);
+    start_poll(fixture, first, first_fds[0]);
+    start_poll(fixture, second, second_fds[0]);
+    usleep(20000);
+    assert_int_equal(write(first_fds[1], "x", 1), 1);
+    assert_int_equal(write(second_fds[1], "x", 1), 1);
+    /* Both polls are submitted on a ready pipe: both complete at once. */
+    assert_int_equal(plex_event_loop_run_once(fixture->loop, -1), 2);
+    assert_int_equal(fixture->success, 2);
+    PlexItemTiming first_timing, second_timing;
+    assert_int_equal(plex_item_timing(first, &first_timing), 0);
+    assert_int_equal(plex_item_timing(second, &second_timing), 0);
+    assert_int_equal(first_timing.runs, 1);
+    assert_int_equal(second_timing.runs, 1);
+    assert_true(first_timing.stop_ns == second_timing.stop_ns);
+    assert_true(first_timing.stop_ns - first_timing.start_ns >= 20 * MS);
+    assert_true(first_timing.total_ns >= 20 * MS);
+    close(first_fds[0]);
+    close(first_fds[1]);
+    close(second_fds[0]);
+    close(second_fds[1]);
+}
+
 static void test_loop_bad_arguments(void **state)
 {
     (void)state;
@@ -393,6 +429,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_post_from_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_with_operations_in_kernel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_operation_completes_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_item_timing_one_clock_per_wakeup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loop_bad_arguments, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_from_handler_is_refused, setup, teardown),
     };

@@ -172,7 +172,10 @@ unsigned plex_item_in_flight(const PlexItem *item);
  * one-shot operation, from its start to its completion; for a multishot one
  * (accept, read, recurring timer), from the previous completion (or the
  * start) to this one, so a read's runs measure how long the peer took to
- * send, not how long the engine took. */
+ * send, not how long the engine took. Inside a running loop the times are
+ * the loop's clock, read once when it wakes (as libuv's uv_now): exact to
+ * the length of one loop iteration, and free per operation; outside a loop
+ * the clock is read each time. */
 typedef struct PlexItemTiming {
     uint64_t start_ns;  /* when its latest operation (or interval) started (monotonic) */
     uint64_t stop_ns;   /* when its latest completion came, 0 if running */

@@ -550,6 +550,8 @@ static void modules_flush(PlexEventLoop *loop)
 static int iterate(PlexEventLoop *loop, int64_t timeout_ns)
 {
     loop->dispatching = true;
+    /* Item timing reads the clock once per wake-up, not per operation. */
+    uint64_t outer_clock = plex_timing_clock_set(PLEX_TIMING_CLOCK_STALE);
     unsigned handled = plex_timers_run(loop);
     /* Adapters batch what this iteration's handlers queued (before the
      * timers are armed: a flush may run handlers that add timers). */
@@ -563,10 +565,12 @@ static int iterate(PlexEventLoop *loop, int64_t timeout_ns)
         timeout_ns = sleep_limit_ns;
     int rc = submit_and_wait(loop, timeout_ns);
     if (rc == 0) {
+        plex_timing_clock_set(PLEX_TIMING_CLOCK_STALE);
         handled += reap(loop);
         posts_run(loop);
         handled += plex_timers_run(loop);
     }
+    plex_timing_clock_set(outer_clock);
     loop->dispatching = false;
     return rc < 0 ? rc : (int)handled;
 }

@@ -70,6 +70,27 @@ uint64_t plex_now_ns(void)
     return (uint64_t)now.tv_sec * UINT64_C(1000000000) + (uint64_t)now.tv_nsec;
 }
 
+/* Item timing's clock (plex_timing_clock_set): PLEX_TIMING_CLOCK_OFF,
+ * PLEX_TIMING_CLOCK_STALE, or the time read at its first use since the loop
+ * woke. One per thread: a loop runs on one thread. */
+static _Thread_local uint64_t timing_clock_ns;
+
+uint64_t plex_timing_clock_set(uint64_t state)
+{
+    uint64_t previous = timing_clock_ns;
+    timing_clock_ns = state;
+    return previous;
+}
+
+static uint64_t timing_now(void)
+{
+    if (timing_clock_ns == PLEX_TIMING_CLOCK_OFF)
+        return plex_now_ns();
+    if (timing_clock_ns == PLEX_TIMING_CLOCK_STALE)
+        timing_clock_ns = plex_now_ns();
+    return timing_clock_ns;
+}
+
 /* ---- Creation and memory ---------------------------------------------- */
 
 static Plex *plex_alloc(PlexRegistry *registry, const char *description)
@@ -410,7 +431,7 @@ void plex_item_op_begin(PlexItem *item)
     if (!item)
         return;
     item->in_flight++;
-    item->timing.start_ns = plex_now_ns();
+    item->timing.start_ns = timing_now();
     item->timing.stop_ns = 0;
     plex_pin(item->plex);
 }
@@ -427,7 +448,7 @@ void plex_item_op_end_silent(PlexItem *item)
 /* Timing of the item and statistics of the flow for one completion. */
 static void record_completion(PlexItem *item, int result, bool last)
 {
-    uint64_t now = plex_now_ns();
+    uint64_t now = timing_now();
     uint64_t duration = now > item->timing.start_ns ? now - item->timing.start_ns : 0;
     Plex *plex = item->plex;
 

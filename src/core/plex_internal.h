@@ -77,6 +77,15 @@ Plex *plex_from_bind_link(PlexLink *link);
  * - end_silent: the operation is over without a handler (a cancelled timer,
  *   or anything whose flow has ended). Drops the pin. */
 void plex_item_op_begin(PlexItem *item);
+
+/* Item timing's clock (PlexItemTiming), per thread. A loop sets it STALE
+ * each time it wakes, before it runs handlers: the first operation that
+ * needs the time reads the clock, the others of that wake-up reuse it. It
+ * restores the state returned when its iteration ends (OFF outside any
+ * loop: the clock is read per call). */
+#define PLEX_TIMING_CLOCK_OFF UINT64_C(0)
+#define PLEX_TIMING_CLOCK_STALE UINT64_MAX
+uint64_t plex_timing_clock_set(uint64_t state);
 void plex_item_deliver(PlexItem *item, const PlexEvent *event, bool last);
 void plex_item_op_end_silent(PlexItem *item);
 
