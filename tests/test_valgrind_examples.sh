@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# samplex-echo and samplex-timers under valgrind memcheck (--leak-check=full,
+# samplex-echo, samplex-timers and samplex-postgres under valgrind memcheck (--leak-check=full,
 # definite leaks are errors): each starts, serves, and shuts down, and must
 # exit 0 with no memory error and "definitely lost: 0 bytes" (or no leak at
 # all). samplex-mud has its own (test_mud_valgrind).
@@ -9,6 +9,9 @@
 #            connected; SIGTERM; exit 0.
 #   timers   runs its ticks to the end (its flow finishes); exit 0. Then a
 #            long run stopped by SIGTERM mid-tick; exit 0.
+#   postgres connect -> query -> process against scripts/test.sh's server
+#            (prints 1 + 1 = 2, exit 0), and against a refused port (exit
+#            1). Needs PGHOST: skipped without it, a failure under CI=true.
 #
 # Notes on valgrind 3.19 (Debian 12):
 # - It runs one thread at a time and treats io_uring_enter as a call that
@@ -24,7 +27,8 @@ set -euo pipefail
 bin_dir=${SAMPLEX_BIN_DIR:?SAMPLEX_BIN_DIR is not set}
 echo_bin=$bin_dir/samplex-echo
 timers_bin=$bin_dir/samplex-timers
-[[ -x $echo_bin && -x $timers_bin ]] || { echo "SKIP: examples not built"; exit 77; }
+postgres_bin=$bin_dir/samplex-postgres
+[[ -x $echo_bin && -x $timers_bin && -x $postgres_bin ]] || { echo "SKIP: examples not built"; exit 77; }
 command -v valgrind >/dev/null || { echo "SKIP: valgrind is not installed"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 missing"; exit 77; }
 if grep -Eq '^SAMPLEX_SANITIZE:[A-Z]+=.+' "${SAMPLEX_BUILD_DIR:-/nonexistent}/CMakeCache.txt" 2>/dev/null; then
@@ -162,6 +166,26 @@ timers_case() {
     check_report "samplex-timers (SIGTERM)" "$work/stopped.vg"
 }
 
+postgres_case() {
+    if [[ -z ${PGHOST:-} ]]; then
+        [[ ${CI:-} == true ]] && { echo "FAIL: CI=true but no PostgreSQL (PGHOST unset)"; exit 1; }
+        echo "skipped: samplex-postgres needs PostgreSQL (run scripts/test.sh)"
+        return 0
+    fi
+    local status=0
+    "${valgrind[@]}" --log-file="$work/postgres.vg" "$postgres_bin" >"$work/postgres.out" 2>&1 || status=$?
+    ((status == 0)) || { cat "$work/postgres.out" "$work/postgres.vg"; echo "FAIL: samplex-postgres exit status $status"; exit 1; }
+    [[ $(cat "$work/postgres.out") == "1 + 1 = 2" ]] || { cat "$work/postgres.out"; echo "FAIL: samplex-postgres output"; exit 1; }
+    check_report "samplex-postgres (1 + 1 = 2)" "$work/postgres.vg"
+
+    status=0
+    "${valgrind[@]}" --log-file="$work/refused.vg" "$postgres_bin" "host=127.0.0.1 port=1" \
+        >"$work/refused.out" 2>&1 || status=$?
+    ((status == 1)) || { cat "$work/refused.out" "$work/refused.vg"; echo "FAIL: samplex-postgres (refused) exit status $status"; exit 1; }
+    check_report "samplex-postgres (refused)" "$work/refused.vg"
+}
+
 echo_case
 timers_case
+postgres_case
 echo PASS
