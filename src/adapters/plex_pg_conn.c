@@ -126,24 +126,39 @@ static void timeout_complete(PlexEventLoop *loop, PlexOp *op, const struct io_ur
     pg_unref(pg);
 }
 
-static int timeout_arm(PlexPostgres *pg, int64_t delay_ns, uint32_t tag)
+/* Submits an absolute timeout at deadline_ns (plex_now_ns() clock) whose
+ * completion runs `complete`; pg is held until then. NULL with *rc set to
+ * -ENOMEM or -EBUSY. */
+static PlexOp *pg_timeout_submit(PlexPostgres *pg, PlexOpComplete complete, uint64_t deadline_ns,
+                                 int *rc)
 {
     PlexEventLoop *loop = pg->loop;
-    PlexOp *op = plex_loop_op_get(loop, timeout_complete, NULL, pg);
-    if (!op)
-        return -ENOMEM;
+    PlexOp *op = plex_loop_op_get(loop, complete, NULL, pg);
+    if (!op) {
+        *rc = -ENOMEM;
+        return NULL;
+    }
     struct io_uring_sqe *sqe = plex_loop_sqe(loop, op);
     if (!sqe) {
         plex_loop_op_put(loop, op);
-        return -EBUSY;
+        *rc = -EBUSY;
+        return NULL;
     }
-    uint64_t deadline_ns = plex_now_ns() + (uint64_t)delay_ns;
-    op->tag = tag;
     op->storage.timespec.tv_sec = (long long)(deadline_ns / 1000000000u);
     op->storage.timespec.tv_nsec = (long long)(deadline_ns % 1000000000u);
     io_uring_prep_timeout(sqe, &op->storage.timespec, 0, IORING_TIMEOUT_ABS);
-    pg->timeout_op = op;
     pg_ref(pg);
+    return op;
+}
+
+static int timeout_arm(PlexPostgres *pg, int64_t delay_ns, uint32_t tag)
+{
+    int rc = 0;
+    PlexOp *op = pg_timeout_submit(pg, timeout_complete, plex_now_ns() + (uint64_t)delay_ns, &rc);
+    if (!op)
+        return rc;
+    op->tag = tag;
+    pg->timeout_op = op;
     return 0;
 }
 
@@ -180,22 +195,13 @@ int pg_deadline_ensure(PlexPostgres *pg, uint64_t deadline_ns)
 {
     if (pg->deadline_op && pg->deadline_armed_ns <= deadline_ns)
         return 0;
-    PlexEventLoop *loop = pg->loop;
-    PlexOp *op = plex_loop_op_get(loop, deadline_complete, NULL, pg);
+    int rc = 0;
+    PlexOp *op = pg_timeout_submit(pg, deadline_complete, deadline_ns, &rc);
     if (!op)
-        return -ENOMEM;
-    struct io_uring_sqe *sqe = plex_loop_sqe(loop, op);
-    if (!sqe) {
-        plex_loop_op_put(loop, op);
-        return -EBUSY;
-    }
+        return rc;
     pg_deadline_cancel(pg); /* armed for later than this one */
-    op->storage.timespec.tv_sec = (long long)(deadline_ns / 1000000000u);
-    op->storage.timespec.tv_nsec = (long long)(deadline_ns % 1000000000u);
-    io_uring_prep_timeout(sqe, &op->storage.timespec, 0, IORING_TIMEOUT_ABS);
     pg->deadline_op = op;
     pg->deadline_armed_ns = deadline_ns;
-    pg_ref(pg);
     return 0;
 }
 
