@@ -4,7 +4,10 @@
     report.py RAW        (run.sh sets the environment it reads)
 
 Every figure is the median over the rounds; the q/s columns also give the
-lowest and highest round. The ratio is samplex's median q/s over pgbench's.
+lowest and highest round. The ratio is the median over the rounds of samplex's
+q/s over pgbench's in that round (the two run back to back, so drift of the
+machine between rounds cancels out); its range is the lowest and highest
+round's ratio.
 """
 import datetime
 import os
@@ -57,6 +60,17 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def round_ratios(records, row):
+    """samplex q/s over pgbench q/s, per round where both ran."""
+    found = []
+    for rnd in sorted({r["round"] for r in records}, key=int):
+        pair = {r["tool"]: float(r["qps"]) for r in records
+                if int(r["row"]) == row and r["round"] == rnd}
+        if pair.get("pgbench") and "samplex" in pair:
+            found.append(pair["samplex"] / pair["pgbench"])
+    return found
+
+
 def qps_cell(records, row, tool):
     found = values(records, row, tool, "qps")
     if not found:
@@ -79,7 +93,9 @@ def main():
     w(f"`SELECT 1` over TCP on 127.0.0.1 against one private PostgreSQL 15 server "
       f"(scripts/pg.sh: fsync off, SCRAM), {env['ROUNDS']} rounds, each row's two "
       f"measurements back to back (order alternating per round). Median of the rounds; "
-      f"q/s in parentheses: lowest-highest round.")
+      f"q/s in parentheses: lowest-highest round. Ratio: the median of the rounds' own "
+      f"samplex/pgbench ratios (each pair ran back to back, so the machine's drift between "
+      f"rounds cancels), lowest-highest in parentheses.")
     w("")
     w(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; commit {git_commit()}; "
       f"run took {env['ELAPSED']} s of measuring")
@@ -87,20 +103,20 @@ def main():
       f"load average before {env['LOAD_BEFORE']}, after {env['LOAD_AFTER']}")
     w("- Nothing pinned: server and client float over both CPUs, the same for both tools.")
     w("")
-    w("| mode | pgbench q/s | samplex q/s | ratio | pgbench client CPU us/q "
+    w("| mode | pgbench q/s | samplex q/s | ratio (per round) | pgbench client CPU us/q "
       "| samplex CPU us/q |")
     w("| --- | ---: | ---: | ---: | ---: | ---: |")
     ratios = []
     for row, name in enumerate(names):
-        pg_qps = median(records, row, "pgbench", "qps")
-        sx_qps = median(records, row, "samplex", "qps")
-        ratio = sx_qps / pg_qps if pg_qps else float("nan")
+        found = round_ratios(records, row)
+        ratio = statistics.median(found) if found else float("nan")
+        ratio_cell = f"{ratio:.2f} ({min(found):.2f}-{max(found):.2f})" if found else "-"
         ratios.append(ratio)
         label = name
         if row == POOL_ROW:
             label += f" (pgbench: {pool} connections, a thread each, unpipelined)"
         w(f"| {label} | {qps_cell(records, row, 'pgbench')} | {qps_cell(records, row, 'samplex')} "
-          f"| {ratio:.2f} | {median(records, row, 'pgbench', 'client_us_per_query'):.2f} "
+          f"| {ratio_cell} | {median(records, row, 'pgbench', 'client_us_per_query'):.2f} "
           f"| {median(records, row, 'samplex', 'client_us_per_query'):.2f} |")
     w("")
     w("Goals (issue 4):")
