@@ -497,4 +497,45 @@ static inline void run_until_stalled(PlexEventLoop *loop, PlexConnection *conn)
     } while (plex_connection_bytes_queued(conn) != before);
 }
 
+/* ---- The common fixture -------------------------------------------------- */
+
+/* A registry and a loop per test; teardown waits until every op the test
+ * started has come back (a test that destroyed the loop sets it NULL),
+ * then checks that no flow is left. */
+typedef struct NetFixture {
+    PlexRegistry *registry;
+    PlexEventLoop *loop;
+    unsigned ops_before;
+} NetFixture;
+
+static inline int net_fixture_setup(void **state)
+{
+    NetFixture *fixture = calloc(1, sizeof(*fixture));
+    assert_non_null(fixture);
+    fixture->registry = plex_registry_create();
+    assert_non_null(fixture->registry);
+    fixture->loop = plex_event_loop_create(fixture->registry);
+    assert_non_null(fixture->loop);
+    fixture->ops_before = net_ops_in_use(fixture->loop);
+    *state = fixture;
+    return 0;
+}
+
+static inline int net_fixture_teardown(void **state)
+{
+    NetFixture *fixture = *state;
+    if (fixture->loop) {
+        NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == fixture->ops_before);
+        plex_event_loop_destroy(fixture->loop);
+    }
+    assert_int_equal(plex_registry_count(fixture->registry), 0);
+    plex_registry_destroy(fixture->registry);
+    free(fixture);
+    return 0;
+}
+
+/* A cmocka test run with the common fixture. */
+#define NET_TEST(test) \
+    cmocka_unit_test_setup_teardown(test, net_fixture_setup, net_fixture_teardown)
+
 #endif /* SAMPLEX_TESTS_NET_SUPPORT_H */

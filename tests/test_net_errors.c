@@ -10,35 +10,7 @@
 
 #include "net_support.h"
 
-typedef struct Fixture {
-    PlexRegistry *registry;
-    PlexEventLoop *loop;
-    unsigned ops_before;
-} Fixture;
-
-static int setup(void **state)
-{
-    Fixture *fixture = calloc(1, sizeof(*fixture));
-    fixture->registry = plex_registry_create();
-    assert_non_null(fixture->registry);
-    fixture->loop = plex_event_loop_create(fixture->registry);
-    assert_non_null(fixture->loop);
-    fixture->ops_before = net_ops_in_use(fixture->loop);
-    *state = fixture;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    Fixture *fixture = *state;
-    /* Every test ended its flows: all ops come back without help. */
-    NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == fixture->ops_before);
-    plex_event_loop_destroy(fixture->loop);
-    assert_int_equal(plex_registry_count(fixture->registry), 0);
-    plex_registry_destroy(fixture->registry);
-    free(fixture);
-    return 0;
-}
+typedef NetFixture Fixture;
 
 static void test_connect_refused(void **state)
 {
@@ -276,13 +248,13 @@ int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_while_connecting, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_peer_reset_during_large_write, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_half_close, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_write_after_close, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_write_cap, setup, teardown),
+        NET_TEST(test_connect_refused),
+        NET_TEST(test_connect_timeout),
+        NET_TEST(test_close_while_connecting),
+        NET_TEST(test_peer_reset_during_large_write),
+        NET_TEST(test_half_close),
+        NET_TEST(test_write_after_close),
+        NET_TEST(test_write_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

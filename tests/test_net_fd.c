@@ -12,34 +12,7 @@
 
 #include "net_support.h"
 
-typedef struct Fixture {
-    PlexRegistry *registry;
-    PlexEventLoop *loop;
-    unsigned ops_before;
-} Fixture;
-
-static int setup(void **state)
-{
-    Fixture *fixture = calloc(1, sizeof(*fixture));
-    fixture->registry = plex_registry_create();
-    assert_non_null(fixture->registry);
-    fixture->loop = plex_event_loop_create(fixture->registry);
-    assert_non_null(fixture->loop);
-    fixture->ops_before = net_ops_in_use(fixture->loop);
-    *state = fixture;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    Fixture *fixture = *state;
-    NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == fixture->ops_before);
-    plex_event_loop_destroy(fixture->loop);
-    assert_int_equal(plex_registry_count(fixture->registry), 0);
-    plex_registry_destroy(fixture->registry);
-    free(fixture);
-    return 0;
-}
+typedef NetFixture Fixture;
 
 static bool fd_is_open(int fd)
 {
@@ -287,12 +260,12 @@ int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(120);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_socketpair_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_end_of_stream_after_a_burst, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_half_closed_peer_that_reads_nothing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reset_after_a_burst, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_flow_end_closes_the_socket, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refusals_leave_the_fd, setup, teardown),
+        NET_TEST(test_socketpair_round_trip),
+        NET_TEST(test_end_of_stream_after_a_burst),
+        NET_TEST(test_half_closed_peer_that_reads_nothing),
+        NET_TEST(test_reset_after_a_burst),
+        NET_TEST(test_flow_end_closes_the_socket),
+        NET_TEST(test_refusals_leave_the_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

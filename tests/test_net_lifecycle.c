@@ -9,36 +9,7 @@
  */
 #include "net_support.h"
 
-typedef struct Fixture {
-    PlexRegistry *registry;
-    PlexEventLoop *loop;
-    unsigned ops_before;
-} Fixture;
-
-static int setup(void **state)
-{
-    Fixture *fixture = calloc(1, sizeof(*fixture));
-    fixture->registry = plex_registry_create();
-    assert_non_null(fixture->registry);
-    fixture->loop = plex_event_loop_create(fixture->registry);
-    assert_non_null(fixture->loop);
-    fixture->ops_before = net_ops_in_use(fixture->loop);
-    *state = fixture;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    Fixture *fixture = *state;
-    if (fixture->loop) {
-        NET_RUN_UNTIL(fixture->loop, net_ops_in_use(fixture->loop) == fixture->ops_before);
-        plex_event_loop_destroy(fixture->loop);
-    }
-    assert_int_equal(plex_registry_count(fixture->registry), 0);
-    plex_registry_destroy(fixture->registry);
-    free(fixture);
-    return 0;
-}
+typedef NetFixture Fixture;
 
 /* A connection with a read and three large writes in the kernel (the peer
  * does not read, so the first send stalls). */
@@ -405,15 +376,15 @@ int main(void)
 {
     PLEX_TEST_TIMEOUT_GUARD(240);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_flow_destroyed_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_flow_destroyed_from_handler, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_loop_destroyed_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_read_stop_and_restart, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_listener_close, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_attach_moves, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cross_loop, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+        NET_TEST(test_flow_destroyed_in_flight),
+        NET_TEST(test_flow_destroyed_from_handler),
+        NET_TEST(test_abort),
+        NET_TEST(test_loop_destroyed_in_flight),
+        NET_TEST(test_read_stop_and_restart),
+        NET_TEST(test_listener_close),
+        NET_TEST(test_attach_moves),
+        NET_TEST(test_cross_loop),
+        NET_TEST(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
