@@ -20,6 +20,12 @@
  * - Bounded memory: an idle connection holds no receive buffer and no output
  *   chunk; queued output is capped per connection (write returns -ENOBUFS
  *   past the cap, see plex_connection_write).
+ * - Reads share the loop's receive buffers (PlexEventLoopConfig
+ *   buffer_count x buffer_size). When more peers send at once than there
+ *   are buffers, the reads that found none wait their turn inside the
+ *   engine (the handler sees nothing of it) and are re-armed, oldest first,
+ *   at most buffer_count per loop iteration: no byte is lost, and a flood
+ *   costs a bounded amount of work per iteration.
  * - No SIGPIPE ever (MSG_NOSIGNAL on every send); TCP_NODELAY is on.
  * - Sockets are never close()d while an operation on them is in flight:
  *   close and abort cancel first, wait for the completions, then close.

@@ -53,6 +53,10 @@ struct PlexOp {
             uint64_t offset;     /* waiting for the send in flight) */
             uint64_t length;
         } queued;
+        struct { /* a list of ops kept out of the kernel (network: */
+            PlexOp *next; /* receives waiting for buffers) */
+            PlexOp *prev;
+        } parked;
     } storage;
 };
 

@@ -19,6 +19,13 @@
  *   what the kernel holds, always ends.
  * - Sends are prepared by the flush hook, right before the loop enters the
  *   kernel: everything written during an iteration leaves in one send.
+ * - A read that ended with -ENOBUFS is parked (not in the kernel, on the
+ *   module's starved list) and re-armed by a later flush, at most
+ *   buffers.count of them per flush: a dry buffer ring costs a bounded
+ *   number of re-arms per iteration, not one per starved connection.
+ *   Every parked read has bytes waiting, so a re-armed one completes at
+ *   once and the loop never sleeps while reads are parked. Stopping a
+ *   parked read ends it through the kernel with a NOP, like a send.
  * - Output is a list of fixed-size chunks from a per-loop free list; an idle
  *   connection holds none. bytes_queued = queued_end - bytes_sent.
  */
@@ -106,6 +113,12 @@ void net_connection_free(PlexEventLoop *loop, PlexConnection *conn);
 /* Has the connection's send prepared by the next flush (idempotent). */
 void net_flush_schedule(PlexConnection *conn);
 
+/* Receives starved of buffers (-ENOBUFS) wait in the loop's list, out of
+ * the kernel; each flush re-arms at most the ring's buffer count of them,
+ * oldest first (conn_read_resume). park appends, unpark removes. */
+void net_read_park(PlexEventLoop *loop, PlexOp *op);
+void net_read_unpark(PlexEventLoop *loop, PlexOp *op);
+
 /* Resolves host:port (host NULL: "0.0.0.0"). 0, -EINVAL, -EHOSTUNREACH. */
 int net_resolve(const char *host, uint16_t port, bool passive, struct sockaddr_storage *address,
                 socklen_t *length);
@@ -132,6 +145,8 @@ void conn_deliver(PlexConnection *conn, PlexItem *item, int result, uint32_t fla
 
 /* Asks the kernel to stop the read / the send (their completions follow). */
 void conn_read_cancel(PlexConnection *conn);
+/* A parked read's turn came (the flush): arm it again, or end it. */
+void conn_read_resume(PlexOp *op);
 void conn_send_cancel(PlexConnection *conn);
 /* Drops queued output (freeing its chunks) after the send is over. */
 void conn_output_drop(PlexConnection *conn);

@@ -9,8 +9,11 @@
  *   may end the multishot receive early (no IORING_CQE_F_MORE: a full CQ,
  *   -ENOBUFS); the same op is then armed again. A buffer goes back to the
  *   ring as soon as its handler returns, so by the time the loop submits the
- *   re-armed receive, every buffer of the batch just reaped is back: an
- *   -ENOBUFS is retried on the next iteration, never in a spin.
+ *   re-armed receive, every buffer of the batch just reaped is back. After
+ *   -ENOBUFS the op is parked (READ_TAG_PARKED) and the network flush
+ *   re-arms at most the ring's buffer count of parked reads per iteration
+ *   (network_internal.h): never a spin, and not a re-arm per starved
+ *   connection per iteration either.
  * - Output is sent in order: chunks are sent from the head, the send covers
  *   at most NET_SEND_IOVECS chunks, a short send consumes what was sent and
  *   the next send starts from there. Write ops are queued in order with the
@@ -92,11 +95,39 @@ int plex_connection_read(PlexConnection *conn, PlexItem *item)
     return 0;
 }
 
+#define READ_TAG_RESTART 0x80000000u /* op->tag: cancelled to be armed afresh */
+#define READ_TAG_PARKED 0x40000000u  /* op->tag: starved, on the loop's list */
+
+/* The read's last call: the op is over. */
+static void read_end(PlexConnection *conn, PlexOp *op, int outcome)
+{
+    conn->read_op = NULL;
+    conn->flags &= (uint8_t)~CONN_READ_STOP;
+    conn_deliver(conn, op->item, outcome, 0, true);
+    plex_loop_op_put_delivered(conn->loop, op);
+}
+
 void conn_read_cancel(PlexConnection *conn)
 {
     conn->flags |= CONN_READ_STOP;
-    if (conn->flags & CONN_READ_ARMED)
-        plex_loop_cancel(conn->loop, conn->read_op);
+    PlexOp *op = conn->read_op;
+    if (conn->flags & CONN_READ_ARMED) {
+        plex_loop_cancel(conn->loop, op);
+        return;
+    }
+    if (!op || !(op->tag & READ_TAG_PARKED))
+        return; /* its completion is running: that sees the stop */
+    /* Parked, out of the kernel: end it through the kernel with a NOP, so
+     * that its last call comes from the loop, not from inside this call. */
+    net_read_unpark(conn->loop, op);
+    op->tag = 0;
+    struct io_uring_sqe *sqe = plex_loop_sqe(conn->loop, op);
+    if (!sqe) {
+        read_end(conn, op, -ECANCELED); /* the ring is broken */
+        return;
+    }
+    io_uring_prep_nop(sqe);
+    conn->flags |= CONN_READ_ARMED;
 }
 
 int plex_connection_read_stop(PlexConnection *conn)
@@ -139,8 +170,7 @@ static int read_outcome(const PlexConnection *conn, const PlexOp *op, int res)
     return res;
 }
 
-#define READ_RESTART_RUN 32u          /* io_uring's MULTISHOT_MAX_RETRY */
-#define READ_TAG_RESTART 0x80000000u /* op->tag: cancelled to be armed afresh */
+#define READ_RESTART_RUN 32u /* io_uring's MULTISHOT_MAX_RETRY */
 
 /* A multishot receive that read READ_RESTART_RUN buffers in a row (each
  * completion saying more was waiting) has been requeued by io_uring, and
@@ -186,14 +216,28 @@ static void read_complete(PlexEventLoop *loop, PlexOp *op, const struct io_uring
     int outcome = read_outcome(conn, op, restart ? -ENOBUFS : cqe->res);
     if (outcome == 0) {
         op->flags &= ~PLEX_OP_CANCELLING; /* armed again: a later stop cancels anew */
+        if (cqe->res == -ENOBUFS && !restart) {
+            op->tag = READ_TAG_PARKED; /* the flush re-arms it in its turn */
+            net_read_park(loop, op);
+        } else {
+            outcome = read_arm(conn, op);
+        }
+    }
+    if (outcome != 0)
+        read_end(conn, op, outcome);
+    conn_unhold(conn);
+}
+
+void conn_read_resume(PlexOp *op)
+{
+    PlexConnection *conn = op->owner;
+    conn_hold(conn);
+    op->tag = 0;
+    int outcome = read_outcome(conn, op, -ENOBUFS);
+    if (outcome == 0)
         outcome = read_arm(conn, op);
-    }
-    if (outcome != 0) {
-        conn->read_op = NULL;
-        conn->flags &= (uint8_t)~CONN_READ_STOP;
-        conn_deliver(conn, op->item, outcome, 0, true);
-        plex_loop_op_put_delivered(loop, op);
-    }
+    if (outcome != 0)
+        read_end(conn, op, outcome);
     conn_unhold(conn);
 }
 

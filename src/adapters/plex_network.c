@@ -12,7 +12,9 @@
  *   connection goes on the free list for the next accept (no allocation in
  *   steady state).
  * - flush_pending lists the connections whose send waits for the flush hook,
- *   which runs once per iteration right before the loop enters the kernel.
+ *   which runs once per iteration right before the loop enters the kernel;
+ *   starved_head lists the reads parked after -ENOBUFS (network_internal.h),
+ *   re-armed by the same hook.
  * - At most NET_CHUNK_KEEP free chunks are kept; past that a chunk goes back
  *   to the allocator, so one burst does not pin its memory for good.
  */
@@ -40,6 +42,8 @@ typedef struct ConnSlab {
 
 typedef struct NetModule {
     PlexLink flush_pending; /* PlexConnection.flush_link */
+    PlexOp *starved_head;   /* parked reads (op->storage.parked), oldest first */
+    PlexOp *starved_tail;
     NetChunk *free_chunks;
     unsigned free_chunk_count;
     ConnSlab *slabs;
@@ -64,8 +68,13 @@ static void net_module_fini(PlexEventLoop *loop, void *state)
 
 static void net_module_flush(PlexEventLoop *loop, void *state)
 {
-    (void)loop;
     NetModule *module = state;
+    /* Starved reads first (ending one may run a handler that writes). */
+    for (unsigned budget = loop->buffers.count; budget > 0 && module->starved_head; budget--) {
+        PlexOp *op = module->starved_head;
+        net_read_unpark(loop, op);
+        conn_read_resume(op);
+    }
     /* A flush may run write handlers that write again: loop until empty. */
     while (!plex_link_empty(&module->flush_pending)) {
         PlexLink *link = module->flush_pending.next;
@@ -94,6 +103,25 @@ void net_flush_schedule(PlexConnection *conn)
     NetModule *module = conn->loop->modules[PLEX_MODULE_NETWORK].state;
     if (plex_link_empty(&conn->flush_link))
         plex_link_insert_tail(&module->flush_pending, &conn->flush_link);
+}
+
+void net_read_park(PlexEventLoop *loop, PlexOp *op)
+{
+    NetModule *module = loop->modules[PLEX_MODULE_NETWORK].state;
+    op->storage.parked.next = NULL;
+    op->storage.parked.prev = module->starved_tail;
+    *(module->starved_tail ? &module->starved_tail->storage.parked.next : &module->starved_head) =
+        op;
+    module->starved_tail = op;
+}
+
+void net_read_unpark(PlexEventLoop *loop, PlexOp *op)
+{
+    NetModule *module = loop->modules[PLEX_MODULE_NETWORK].state;
+    PlexOp *next = op->storage.parked.next, *prev = op->storage.parked.prev;
+    *(prev ? &prev->storage.parked.next : &module->starved_head) = next;
+    *(next ? &next->storage.parked.prev : &module->starved_tail) = prev;
+    op->storage.parked.next = op->storage.parked.prev = NULL;
 }
 
 /* ---- Output chunks ----------------------------------------------------- */
