@@ -170,4 +170,27 @@ static inline const char *pg_unique(char *buffer, size_t size, const char *prefi
     return buffer;
 }
 
+/* The kills and restarts use scripts/pg.sh through $SAMPLEX_PG_CTL on
+ * $SAMPLEX_PG_DIR. True when both are set; without them a test skips,
+ * except under CI=true, where it fails. A test file that uses them must
+ * mention SAMPLEX_PG_CTL itself: tests/CMakeLists.txt runs those serially. */
+static inline bool pg_ctl_or_skip(void)
+{
+    const char *ctl = getenv("SAMPLEX_PG_CTL");
+    const char *dir = getenv("SAMPLEX_PG_DIR");
+    if (ctl && *ctl && dir && *dir)
+        return true;
+    if (plex_test_ci())
+        fail_msg("CI=true but SAMPLEX_PG_CTL/SAMPLEX_PG_DIR are unset (run scripts/test.sh)");
+    return false;
+}
+
+/* Runs `scripts/pg.sh COMMAND DIR` (start, kill, restart...); must succeed. */
+static inline void pg_ctl(const char *command)
+{
+    char line[1024];
+    snprintf(line, sizeof(line), "\"$SAMPLEX_PG_CTL\" %s \"$SAMPLEX_PG_DIR\" >/dev/null", command);
+    assert_int_equal(system(line), 0);
+}
+
 #endif /* SAMPLEX_TESTS_PG_SUPPORT_H */

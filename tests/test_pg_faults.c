@@ -27,25 +27,6 @@
 
 /* ---- Helpers ------------------------------------------------------------ */
 
-static bool pg_ctl_or_skip(void)
-{
-    const char *ctl = getenv("SAMPLEX_PG_CTL");
-    const char *dir = getenv("SAMPLEX_PG_DIR");
-    if (ctl && *ctl && dir && *dir)
-        return true;
-    if (plex_test_ci())
-        fail_msg("CI=true but SAMPLEX_PG_CTL/SAMPLEX_PG_DIR are unset (run scripts/test.sh)");
-    return false;
-}
-
-static void pg_ctl(const char *command)
-{
-    char line[1024];
-    snprintf(line, sizeof(line), "\"$SAMPLEX_PG_CTL\" %s \"$SAMPLEX_PG_DIR\" >/dev/null 2>&1",
-             command);
-    assert_int_equal(system(line), 0);
-}
-
 /* Runs the loop for `ns` (at least), whatever happens. */
 static void run_for(PlexEventLoop *loop, int64_t ns)
 {
