@@ -138,6 +138,7 @@ struct PlexEventLoop {
     PlexPost *post_head;
     PlexPost *post_tail;
     atomic_uint posts_pending;
+    unsigned wake_batch; /* completions waiting when the latest reap began */
     bool destroying;
     bool running;
     bool dispatching;

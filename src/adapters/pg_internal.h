@@ -27,6 +27,8 @@
 #ifndef SAMPLEX_PG_INTERNAL_H
 #define SAMPLEX_PG_INTERNAL_H
 
+#include <stdint.h>
+
 #include <libpq-fe.h>
 
 #include <samplex/plex_postgres.h>
@@ -127,6 +129,9 @@ struct PlexPostgres {
     uint64_t deadline_armed_ns; /* when deadline_op fires */
     bool pipeline;
     bool want_write;        /* PQflush returned 1 */
+    unsigned sends;         /* queries handed to libpq, ever (wraps) */
+    uint8_t early_rate;     /* read-ahead: recent hit rate, 0..255 */
+    uint8_t early_skip;     /* read-ahead: chances to skip before a sample */
     bool closing;           /* a close is queued: no new queries */
     PlexPostgresPool *pool; /* NULL unless pooled */
     int64_t backoff_ns;     /* pool: next reconnect delay */

@@ -262,8 +262,10 @@ int pg_command_send(PlexPostgres *pg, const PgCommand *c)
                                  c->result_format);
         break;
     }
-    if (ok)
+    if (ok) {
+        pg->sends++;
         return 0;
+    }
     snprintf(pg->error, sizeof(pg->error), "%s", PQerrorMessage(conn));
     return PQstatus(conn) == CONNECTION_BAD ? PLEX_EPGBROKEN : -EIO;
 }

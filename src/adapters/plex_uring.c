@@ -494,6 +494,7 @@ static unsigned reap(PlexEventLoop *loop)
 {
     unsigned handled = 0;
     struct io_uring_cqe *cqe;
+    loop->wake_batch = io_uring_cq_ready(&loop->ring);
     /* Handlers only queue SQEs, so the CQ is ours while we walk it; advance
      * in one step at the end. Loop again for completions that arrived (or
      * were flushed from the overflow list) meanwhile. */
