@@ -96,6 +96,7 @@ typedef struct PgModule {
     PlexLink dirty;         /* PlexPostgres.dirty_link */
     PGresult *lent_result;  /* the result of the running handler */
     const PGnotify *lent_notify;
+    bool flushing; /* pg_module_flush is running: no read-ahead */
 } PgModule;
 
 struct PlexPostgres {
@@ -130,6 +131,7 @@ struct PlexPostgres {
     bool pipeline;
     bool want_write;        /* PQflush returned 1 */
     unsigned sends;         /* queries handed to libpq, ever (wraps) */
+    unsigned sends_read;    /* `sends` at the latest read */
     uint8_t early_rate;     /* read-ahead: recent hit rate, 0..255 */
     uint8_t early_skip;     /* read-ahead: chances to skip before a sample */
     bool closing;           /* a close is queued: no new queries */

@@ -545,12 +545,13 @@ static bool pg_sync_coming(const PlexPostgres *pg)
 /* Reads what the server has sent, if anything, without waiting. */
 static void pg_read(PlexPostgres *pg)
 {
+    pg->sends_read = pg->sends;
     if (!PQconsumeInput(pg->conn))
         pg_save_conn_error(pg, "connection lost");
 }
 
-/* Read-ahead. Outside pipeline mode, a query that just went out leaves the
- * connection waiting. On a busy machine the server has often answered by
+/* Read-ahead. Outside pipeline mode, a query that went out since the
+ * connection last read leaves it waiting. On a busy machine the server has often answered by
  * the time the loop would arm the poll and enter the kernel: one plain
  * read then finds the answer and saves that trip through io_uring_enter.
  * - Only when the connection is alone: if the loop woke up with other
@@ -562,13 +563,18 @@ static void pg_read(PlexPostgres *pg)
  *   a running hit rate of its tries: it reads ahead every time while at
  *   least a quarter of them hit, else once in PG_EARLY_SAMPLE chances, to
  *   notice when that changes.
+ * - Only while the loop dispatches completions, not from its flush hook:
+ *   the hook runs until no connection is left dirty, and a chain of
+ *   answers read ahead would hold the loop there. While dispatching, a
+ *   connection reads ahead at most once per pass (PG_PROCESS_PASSES),
+ *   then a kick takes it up in the next iteration.
  * - Only with no poll armed: libpq may close its socket on a failed read
  *   (DESIGN rule 3).
  * True when the read found a result. */
 static bool pg_read_ahead(PlexPostgres *pg)
 {
-    if (pg->pipeline || pg->poll_op || pg->want_write || pg->loop->wake_batch > 1 ||
-        !PQisBusy(pg->conn))
+    if (pg->sends == pg->sends_read || pg->pipeline || pg->poll_op || pg->want_write ||
+        pg->module->flushing || pg->loop->wake_batch > 1 || !PQisBusy(pg->conn))
         return false;
     if (pg->early_rate < PG_EARLY_THRESHOLD) {
         if (pg->early_skip > 0) {
@@ -590,7 +596,6 @@ void pg_process(PlexPostgres *pg)
 {
     pg_ref(pg);
     for (int pass = 0; pass < PG_PROCESS_PASSES && pg->state == PG_READY; pass++) {
-        unsigned sends = pg->sends;
         if (pg->pipeline)
             pg_send_pending(pg);
         pg_drain(pg);
@@ -609,13 +614,16 @@ void pg_process(PlexPostgres *pg)
             }
             pg->want_write = rc == 1;
         }
-        if (!pg_input_pending(pg) && (sends == pg->sends || !pg_read_ahead(pg)))
+        if (!pg_input_pending(pg) && !pg_read_ahead(pg))
             break;
     }
     if (pg->state == PG_READY) {
-        int rc = pg_input_pending(pg) ? pg_kick(pg) : 0;
-        if (rc == 0)
-            rc = poll_arm(pg, POLLIN | (pg->want_write ? POLLOUT : 0));
+        /* Input left after the last pass, or a kick already coming: the
+         * kick takes it up in the next iteration and arms the poll when
+         * it is done (a poll armed now could only add a completion). */
+        int rc = pg_input_pending(pg) || pg->kick_op
+                     ? pg_kick(pg)
+                     : poll_arm(pg, POLLIN | (pg->want_write ? POLLOUT : 0));
         if (rc < 0) {
             pg_keep_error(pg, rc == -ENOMEM ? "samplex: out of memory to watch the socket"
                                             : "samplex: cannot watch the socket");
@@ -707,6 +715,7 @@ void pg_module_flush(PlexEventLoop *loop, void *state)
 {
     (void)loop;
     PgModule *module = state;
+    module->flushing = true;
     while (!plex_link_empty(&module->dirty)) {
         PlexPostgres *pg = PLEX_CONTAINER_OF(module->dirty.next, PlexPostgres, dirty_link);
         plex_link_remove(&pg->dirty_link);
@@ -714,4 +723,5 @@ void pg_module_flush(PlexEventLoop *loop, void *state)
         pg_flush(pg);
         pg_unref(pg);
     }
+    module->flushing = false;
 }
