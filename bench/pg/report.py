@@ -79,6 +79,7 @@ def qps_cell(records, row, tool):
 
 
 POOL_ROW = 6  # the flows over the pool; the rows are run.sh's ROW_NAMES
+PARITY = 0.98  # a median this close under a goal, with rounds on both sides: parity
 
 
 def main():
@@ -136,8 +137,19 @@ def main():
          f"{pool}-connection rate", POOL_ROW, 5.0),
     ]
     for text, row, needed in goals:
-        met = "met" if ratios[row] >= needed else "not met"
+        found = round_ratios(records, row)
+        if ratios[row] >= needed:
+            met = "met"
+        elif found and ratios[row] >= PARITY * needed and min(found) < needed <= max(found):
+            met = f"at parity: the median is under it by {100 * (1 - ratios[row] / needed):.0f}%"\
+                  f", rounds on both sides ({min(found):.2f}-{max(found):.2f})"
+        else:
+            met = "not met"
         w(f"| {text} | {needed:.1f}x | {ratios[row]:.2f}x | {met} |")
+    w("")
+    w(f"A goal whose median misses by less than {100 * (1 - PARITY):.0f}% while the rounds' "
+      "own ratios fall on both sides of it is reported at parity: the measurement cannot tell "
+      "the two apart, so it is not counted as met.")
     w("")
     w("Server CPU per query (all PostgreSQL processes over the whole run, "
       "connections included; us):")
