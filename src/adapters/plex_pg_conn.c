@@ -14,8 +14,8 @@
  *   POLLIN always and POLLOUT only while PQflush() returned 1.
  * - After a handler returns, nothing touches the PGconn unless the state is
  *   still PG_READY: a handler may have closed, broken or destroyed it.
- * - Outside pipeline mode, a query that just went out may be followed by
- *   one plain read before the poll is armed (pg_read_ahead), while such
+ * - Outside pipeline mode, a query that went out since the last read may
+ *   be followed by one plain read before the poll is armed (pg_read_ahead), while such
  *   reads keep finding the answer.
  * - The loop calls pg_module_flush right before it enters the kernel: there
  *   each connection touched during the iteration sends its pipeline Sync and
@@ -551,9 +551,10 @@ static void pg_read(PlexPostgres *pg)
 }
 
 /* Read-ahead. Outside pipeline mode, a query that went out since the
- * connection last read leaves it waiting. On a busy machine the server has often answered by
- * the time the loop would arm the poll and enter the kernel: one plain
- * read then finds the answer and saves that trip through io_uring_enter.
+ * connection last read leaves it waiting. On a busy machine the server
+ * has often answered by the time the loop would arm the poll and enter
+ * the kernel: one plain read then finds the answer and saves that trip
+ * through io_uring_enter.
  * - Only when the connection is alone: if the loop woke up with other
  *   completions in hand it enters the kernel again without sleeping, the
  *   poll's completion comes in that batch for free, and serving one
